@@ -197,11 +197,23 @@ class Namespace(object):
 SERVER = r'''
 import socket, sys, os, threading
 name, proto, family, host, port = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5])
+register = sys.argv[6:]  # optional: pin_dir label -- the process hands its own socket over
 fam = socket.AF_INET6 if family == '6' else socket.AF_INET
+
+def hand_over(s):
+    if not register:
+        return
+    sys.path.insert(0, os.environ['BPFSTEER_COLLECTIONS'])
+    from ansible_collections.bpfsteer.sk_lookup.plugins.module_utils import dispatcher
+    with dispatcher.open_dispatcher(register[0]) as disp:
+        dest = disp.ensure_destination(register[1], fam, proto)
+        disp.set_socket(dest, s.fileno())
+
 if proto == 'tcp':
     s = socket.socket(fam, socket.SOCK_STREAM)
     s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     s.bind((host, port)); s.listen(512)
+    hand_over(s)
     print('%d %d' % (s.getsockname()[1], s.fileno()), flush=True)
     def serve(c):
         try:
@@ -215,6 +227,7 @@ if proto == 'tcp':
 else:
     s = socket.socket(fam, socket.SOCK_DGRAM)
     s.bind((host, port))
+    hand_over(s)
     print('%d %d' % (s.getsockname()[1], s.fileno()), flush=True)
     while True:
         data, peer = s.recvfrom(2048)
@@ -225,13 +238,16 @@ else:
 class Server(object):
     """A tagged echo server process inside a namespace."""
 
-    def __init__(self, ns, name, proto='tcp', host='127.0.0.1', port=0):
+    def __init__(self, ns, name, proto='tcp', host='127.0.0.1', port=0, register=None):
         self.ns = ns
         self.name = name
         self.proto = proto
         family = '6' if ':' in host else '4'
-        self.proc = ns.popen([HOST_PYTHON, '-c', SERVER, name, proto, family, host, str(port)],
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        argv = [HOST_PYTHON, '-c', SERVER, name, proto, family, host, str(port)]
+        if register:
+            argv += list(register)   # (pin_dir, label)
+        self.proc = ns.popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             env=dict(os.environ, BPFSTEER_COLLECTIONS=COLLECTIONS))
         line = self.proc.stdout.readline().split()
         if not line:
             raise AssertionError('server %s did not start: %s' % (name, self.proc.stderr.read()))
@@ -241,6 +257,12 @@ class Server(object):
     def _inner_pid(self):
         # ip netns exec execs the command, so the Popen pid is the server itself.
         return self.proc.pid
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()
 
     def stop(self):
         if self.proc.poll() is None:
@@ -321,3 +343,67 @@ def free_port():
     port = s.getsockname()[1]
     s.close()
     return port
+
+
+def backend(code, **params):
+    """Run backend code as root in /usr/bin/python3 (for state the modules do not manage yet).
+
+    ``code`` sees ``dispatcher``, ``bindings`` and the keyword arguments as variables and
+    prints JSON.
+    """
+    prelude = ('import sys, json\nsys.path.insert(0, %r)\n'
+               'from ansible_collections.bpfsteer.sk_lookup.plugins.module_utils import dispatcher, bindings\n'
+               % COLLECTIONS)
+    prelude += ''.join('%s = %r\n' % kv for kv in params.items())
+    proc = subprocess.run([HOST_PYTHON, '-c', prelude + textwrap.dedent(code)], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise AssertionError('backend code failed:\n%s' % proc.stderr)
+    return json.loads(proc.stdout) if proc.stdout.strip() else None
+
+
+def set_bindings(pin_dir, entries):
+    """Replace the bindings through the backend (label/protocol/prefix/port dicts)."""
+    backend('''
+with dispatcher.open_dispatcher(pin_dir) as d:
+    d.replace_bindings(bindings.parse_bindings(entries))
+''', pin_dir=pin_dir, entries=entries)
+
+
+def pin_dir(target):
+    return os.path.join(target['bpffs'], 'sk_lookup', target['instance'])
+
+
+CLIENT_LOOP = r'''
+import socket, sys, time, json
+host, port, seconds = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+fam = socket.AF_INET6 if ':' in host else socket.AF_INET
+ok = refused = other = 0
+seen = {}
+end = time.time() + seconds
+print('started', flush=True)
+while time.time() < end:
+    s = socket.socket(fam, socket.SOCK_STREAM); s.settimeout(2)
+    try:
+        s.connect((host, port)); s.sendall(b'x'); who = s.recv(64).split(b' ')[0].decode()
+        ok += 1; seen[who] = seen.get(who, 0) + 1
+    except ConnectionRefusedError:
+        refused += 1
+    except OSError:
+        other += 1
+    finally:
+        s.close()
+print(json.dumps({'ok': ok, 'refused': refused, 'other': other, 'seen': seen}), flush=True)
+'''
+
+
+class ClientLoop(object):
+    """Connect in a loop from inside a namespace for ``seconds``; count outcomes."""
+
+    def __init__(self, ns, host, port, seconds):
+        self.proc = ns.popen([HOST_PYTHON, '-c', CLIENT_LOOP, host, str(port), str(seconds)],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        assert self.proc.stdout.readline().strip() == 'started'
+
+    def result(self):
+        out, err = self.proc.communicate(timeout=120)
+        return json.loads(out.strip().splitlines()[-1])

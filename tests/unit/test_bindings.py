@@ -1,0 +1,134 @@
+"""Pure logic of bindings and protected rules (no kernel)."""
+
+import ipaddress
+
+import pytest
+
+from ansible_collections.bpfsteer.sk_lookup.plugins.module_utils import bindings as b
+from ansible_collections.bpfsteer.sk_lookup.plugins.module_utils import compiler, dispatcher
+
+
+def bind(label, protocol, prefix, port):
+    return b.parse_binding({'label': label, 'protocol': protocol, 'prefix': prefix, 'port': port})
+
+
+def test_host_bits_are_masked_and_bare_addresses_are_hosts():
+    assert str(bind('x', 'tcp', '10.1.2.3/8', 0).network) == '10.0.0.0/8'
+    assert str(bind('x', 'tcp', '192.0.2.7', 1).network) == '192.0.2.7/32'
+    assert str(bind('x', 'udp', '2001:db8::1', 53).network) == '2001:db8::1/128'
+    assert str(bind('x', 'UDP', '2001:db8:1::ff/32', '53').network) == '2001:db8::/32'
+
+
+@pytest.mark.parametrize('entry, message', [
+    ({'label': '', 'protocol': 'tcp', 'prefix': '1.2.3.4', 'port': 1}, 'label must be a non-empty string'),
+    ({'label': 'a b', 'protocol': 'tcp', 'prefix': '1.2.3.4', 'port': 1}, "label 'a b' may only contain"),
+    ({'label': 'x' * 64, 'protocol': 'tcp', 'prefix': '1.2.3.4', 'port': 1}, 'is longer than 63 bytes'),
+    ({'label': 'x', 'protocol': 'sctp', 'prefix': '1.2.3.4', 'port': 1}, "protocol must be 'tcp' or 'udp', got 'sctp'"),
+    ({'label': 'x', 'protocol': 'tcp', 'prefix': '1.2.3.400', 'port': 1}, "prefix '1.2.3.400' is not a valid"),
+    ({'label': 'x', 'protocol': 'tcp', 'prefix': '::ffff:10.0.0.0/104', 'port': 1}, 'IPv4-mapped'),
+    ({'label': 'x', 'protocol': 'tcp', 'prefix': '1.2.3.4', 'port': 65536}, "port 65536 is out of range"),
+    ({'label': 'x', 'protocol': 'tcp', 'prefix': '1.2.3.4', 'port': -1}, "port -1 is out of range"),
+    ({'label': 'x', 'protocol': 'tcp', 'prefix': '1.2.3.4', 'port': 'http'}, "got 'http'"),
+    ({'label': 'x', 'protocol': 'tcp', 'prefix': '1.2.3.4', 'port': True}, 'got True'),
+    ({'label': 'x', 'protocol': 'tcp', 'prefix': '1.2.3.4'}, 'is missing port'),
+    ({'label': 'x', 'protocol': 'tcp', 'prefix': '1.2.3.4', 'port': 1, 'prot': 2}, 'unknown keys prot'),
+])
+def test_bad_entries_name_the_entry_and_value(entry, message):
+    with pytest.raises(b.BindingError) as exc:
+        b.parse_bindings([{'label': 'ok', 'protocol': 'tcp', 'prefix': '10.0.0.1', 'port': 1}, entry])
+    assert 'bindings[1]' in str(exc.value) and message in str(exc.value)
+
+
+def test_same_binding_two_labels_is_an_error_same_label_is_kept_once():
+    ok = b.parse_bindings([{'label': 'a', 'protocol': 'tcp', 'prefix': '10.0.0.0/8', 'port': 1},
+                           {'label': 'a', 'protocol': 'tcp', 'prefix': '10.9.9.9/8', 'port': 1}])
+    assert len(ok) == 1
+    with pytest.raises(b.BindingError, match=r"bindings\[1\] tcp 10.0.0.0/8:1 -> b conflicts .* 'a'"):
+        b.parse_bindings([{'label': 'a', 'protocol': 'tcp', 'prefix': '10.0.0.0/8', 'port': 1},
+                          {'label': 'b', 'protocol': 'tcp', 'prefix': '10.1.2.3/8', 'port': 1}])
+
+
+@pytest.mark.parametrize('protocol, prefix, port', [
+    ('tcp', '0.0.0.0/0', 0), ('udp', '192.0.2.0/24', 53), ('tcp', '2001:db8::/32', 443),
+    ('udp', '::/0', 0), ('tcp', '255.255.255.255/32', 65535)])
+def test_key_round_trip(protocol, prefix, port):
+    net = ipaddress.ip_network(prefix)
+    raw = b.encode_key(protocol, net, port)
+    assert len(raw) == b.KEY_SIZE == 24
+    assert b.decode_key(raw) == (protocol, net, port)
+
+
+def test_ipv6_keys_never_share_a_prefix_with_ipv4():
+    # The family byte comes before the address, so ::/0 cannot cover an IPv4 key.
+    v6 = b.encode_key('tcp', ipaddress.ip_network('::/0'), 0)
+    v4 = b.encode_key('tcp', ipaddress.ip_network('127.0.0.1/32'), 0)
+    assert v6[4:6] != v4[4:6]
+
+
+def test_format_is_one_line_per_binding():
+    assert str(bind('web', 'tcp', '192.0.2.0/24', 443)) == 'tcp 192.0.2.0/24:443 -> web'
+    assert str(bind('dns', 'udp', '2001:db8::/32', 0)) == 'udp [2001:db8::/32]:* -> dns'
+
+
+# Precedence as a table: (bindings, lookup) -> label or None
+PRECEDENCE = [
+    ([('a', '192.0.2.0/24', 0), ('b', '192.0.2.0/24', 443)], ('192.0.2.1', 443), 'b'),
+    ([('a', '192.0.2.0/24', 0), ('b', '192.0.2.0/24', 443)], ('192.0.2.1', 80), 'a'),
+    ([('a', '192.0.2.7/32', 0), ('b', '192.0.2.0/24', 80)], ('192.0.2.7', 80), 'a'),
+    ([('a', '192.0.2.7/32', 0), ('b', '192.0.2.0/24', 80)], ('192.0.2.8', 80), 'b'),
+    ([('a', '192.0.2.0/25', 80), ('b', '192.0.2.0/24', 80)], ('192.0.2.1', 80), 'a'),
+    ([('a', '192.0.2.0/25', 80), ('b', '192.0.2.0/24', 80)], ('192.0.2.200', 80), 'b'),
+    ([('a', '192.0.2.0/24', 0)], ('192.0.2.1', 65535), 'a'),
+    ([('a', '192.0.2.0/24', 80)], ('198.51.100.1', 80), None),
+    ([('a', '::/0', 0)], ('127.0.0.1', 80), None),
+    ([('a', '::/0', 0)], ('::1', 80), 'a'),
+]
+
+
+@pytest.mark.parametrize('entries, lookup, expected', PRECEDENCE)
+def test_precedence_model(entries, lookup, expected):
+    bs = [bind(label, 'tcp', prefix, port) for label, prefix, port in entries]
+    picked = b.select(bs, 'tcp', lookup[0], lookup[1])
+    assert (picked.label if picked else None) == expected
+
+
+def test_protected_rules_compile_to_masks():
+    [rule] = b.protected_c_rules([{'protocol': 'tcp', 'prefix': '10.1.2.3/8', 'port': 22}])
+    assert rule['prefix'] == '10.0.0.0/8' and rule['af'] == 2 and rule['ipproto'] == 6
+    assert rule['words'] == [{'mask': '0xff000000', 'net': '0x0a000000'}]
+    [rule] = b.protected_c_rules([{'protocol': 'udp', 'prefix': '2001:db8::/36', 'port': 0}])
+    assert rule['words'] == [{'mask': '0xffffffff', 'net': '0x20010db8'},
+                             {'mask': '0xf0000000', 'net': '0x00000000'}]
+    [rule] = b.protected_c_rules([{'protocol': 'tcp', 'prefix': '0.0.0.0/0', 'port': 22}])
+    assert rule['words'] == []
+
+
+def test_protection_full_partial_none():
+    rules = b.parse_protected([{'protocol': 'tcp', 'prefix': '0.0.0.0/0', 'port': 22}])
+    assert b.protection_of(bind('x', 'tcp', '10.0.0.1', 22), rules)[0] == 'full'
+    assert b.protection_of(bind('x', 'tcp', '10.0.0.0/8', 0), rules)[0] == 'partial'
+    assert b.protection_of(bind('x', 'tcp', '10.0.0.0/8', 80), rules)[0] is None
+    assert b.protection_of(bind('x', 'udp', '10.0.0.1', 22), rules)[0] is None
+    assert b.protection_of(bind('x', 'tcp', '::1', 22), rules)[0] is None
+
+
+def test_manifest_round_trips_through_the_template_header():
+    src = ('/* x\n * bpfsteer:format=1\n * bpfsteer:missing_socket=pass\n'
+           ' * bpfsteer:protected=tcp 0.0.0.0/0 22\n */\n')
+    m = dispatcher.parse_manifest(src)
+    assert m['missing_socket'] == 'pass'
+    assert m['protected'] == [{'protocol': 'tcp', 'prefix': '0.0.0.0/0', 'port': '22'}]
+
+
+def test_missing_headers_message_says_what_to_do(monkeypatch):
+    monkeypatch.setattr(compiler.platform, 'release', lambda: '9.9.9-none')
+    monkeypatch.setattr(compiler.os.path, 'exists', lambda p: False)
+    message = compiler.headers_problem()
+    assert '/lib/modules/9.9.9-none/build' in message and 'linux-headers-9.9.9-none' in message
+
+
+def test_instance_names():
+    assert dispatcher.instance_dir('/sys/fs/bpf', 'edge-1') == '/sys/fs/bpf/sk_lookup/edge-1'
+    for bad in ('', 'a.b', '../x', 'a/b', 'x' * 65, '-x'):
+        with pytest.raises(dispatcher.DispatcherError):
+            dispatcher.check_instance_name(bad)
