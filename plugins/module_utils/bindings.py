@@ -12,7 +12,6 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
-import ipaddress
 import socket
 import struct
 from collections import namedtuple
@@ -36,7 +35,7 @@ class BindingError(ValueError):
 
 
 class Binding(namedtuple('Binding', 'protocol network port label')):
-    """One binding; ``network`` is an ipaddress network with host bits masked off."""
+    """One binding; ``network`` is a Prefix with host bits masked off."""
 
     __slots__ = ()
 
@@ -57,6 +56,8 @@ class Binding(namedtuple('Binding', 'protocol network port label')):
                 'label': self.label}
 
     def __str__(self):
+        if self.label is None:
+            return format_match(self.protocol, self.network, self.port)
         return '%s -> %s' % (format_match(self.protocol, self.network, self.port), self.label)
 
 
@@ -84,18 +85,92 @@ def parse_protocol(value, where='protocol'):
     return proto
 
 
+class Prefix(object):
+    """An IP prefix with host bits masked off.
+
+    ``ipaddress`` costs tens of microseconds per object, which dominates a
+    100,000-binding call; this keeps just what the dispatcher needs.
+    """
+
+    __slots__ = ('version', 'packed', 'prefixlen')
+
+    def __init__(self, version, packed, prefixlen):
+        self.version = version
+        self.packed = packed
+        self.prefixlen = prefixlen
+
+    @classmethod
+    def masked(cls, version, packed, prefixlen):
+        bits = len(packed) * 8
+        value = int.from_bytes(packed, 'big') & (((1 << prefixlen) - 1) << (bits - prefixlen))
+        return cls(version, value.to_bytes(len(packed), 'big'), prefixlen)
+
+    @property
+    def address(self):
+        return socket.inet_ntop(socket.AF_INET6 if self.version == 6 else socket.AF_INET, self.packed)
+
+    def __str__(self):
+        return '%s/%d' % (self.address, self.prefixlen)
+
+    def __repr__(self):
+        return 'Prefix(%r)' % str(self)
+
+    def __eq__(self, other):
+        return isinstance(other, Prefix) and (self.packed, self.prefixlen) == (other.packed, other.prefixlen)
+
+    def __ne__(self, other):
+        return not self == other
+
+    def __hash__(self):
+        return hash((self.packed, self.prefixlen))
+
+    def contains_packed(self, packed):
+        return len(packed) == len(self.packed) and Prefix.masked(self.version, packed, self.prefixlen) == self
+
+    def subnet_of(self, other):
+        return self.version == other.version and self.prefixlen >= other.prefixlen and \
+            other.contains_packed(self.packed)
+
+    def overlaps(self, other):
+        return self.subnet_of(other) or other.subnet_of(self)
+
+    def words(self):
+        """(mask, network) per 32-bit word, in host order integers."""
+        mask = (((1 << self.prefixlen) - 1) << (len(self.packed) * 8 - self.prefixlen)).to_bytes(len(self.packed), 'big')
+        return [(struct.unpack('>I', mask[i:i + 4])[0], struct.unpack('>I', self.packed[i:i + 4])[0])
+                for i in range(0, len(self.packed), 4)]
+
+
+_V4_MAPPED = b'\0' * 10 + b'\xff\xff'
+
+
 def parse_prefix(value, where='prefix'):
     """A CIDR or bare address, host bits masked off; IPv4-mapped IPv6 refused."""
     if not isinstance(value, str) or not value.strip():
         raise BindingError('%s must be an IPv4 or IPv6 address or CIDR, got %r' % (where, value))
+    addr, sep, length = value.strip().partition('/')
+    version, family, bits = (6, socket.AF_INET6, 128) if ':' in addr else (4, socket.AF_INET, 32)
     try:
-        network = ipaddress.ip_network(value.strip(), strict=False)
-    except ValueError as exc:
-        raise BindingError('%s %r is not a valid IPv4 or IPv6 prefix: %s' % (where, value, exc))
-    if network.version == 6 and network.network_address.ipv4_mapped is not None and network.prefixlen >= 96:
+        packed = socket.inet_pton(family, addr)
+    except (OSError, ValueError):
+        raise BindingError('%s %r is not a valid IPv4 or IPv6 prefix: %r is not an IPv%d address'
+                           % (where, value, addr, version))
+    if not sep:
+        prefixlen = bits
+    elif length.isdigit() and int(length) <= bits:
+        prefixlen = int(length)
+    else:
+        raise BindingError('%s %r is not a valid IPv4 or IPv6 prefix: the length must be 0..%d'
+                           % (where, value, bits))
+    if version == 6 and packed[:12] == _V4_MAPPED and prefixlen >= 96:
         raise BindingError('%s %r is an IPv4-mapped IPv6 prefix; write the IPv4 prefix instead'
                            % (where, value))
-    return network
+    return Prefix.masked(version, packed, prefixlen)
+
+
+def parse_address(value):
+    family = socket.AF_INET6 if ':' in value else socket.AF_INET
+    return socket.inet_pton(family, value)
 
 
 def parse_port(value, where='port'):
@@ -110,8 +185,10 @@ def parse_port(value, where='port'):
     return port
 
 
-def parse_binding(entry, index=None):
-    """Turn a dict with label/protocol/prefix/port into a normalised Binding."""
+def parse_binding(entry, index=None, require_label=True):
+    """Turn a dict with label/protocol/prefix/port into a normalised Binding.
+
+    With require_label=False (removals) a missing label becomes None."""
     where = 'binding' if index is None else 'bindings[%d]' % index
     if not isinstance(entry, dict):
         raise BindingError('%s must be a dict with label, protocol, prefix and port, got %r' % (where, entry))
@@ -119,22 +196,25 @@ def parse_binding(entry, index=None):
     if unknown:
         raise BindingError('%s has unknown keys %s; expected label, protocol, prefix, port'
                            % (where, ', '.join(unknown)))
-    missing = [k for k in ('label', 'protocol', 'prefix', 'port') if entry.get(k) is None]
+    required = ('label', 'protocol', 'prefix', 'port') if require_label else ('protocol', 'prefix', 'port')
+    missing = [k for k in required if entry.get(k) is None]
     if missing:
         raise BindingError('%s %r is missing %s' % (where, entry, ', '.join(missing)))
-    label = check_label(entry['label'], '%s label' % where)
+    label = None
+    if entry.get('label') is not None:
+        label = check_label(entry['label'], '%s label' % where)
     protocol = parse_protocol(entry['protocol'], '%s protocol' % where)
     network = parse_prefix(entry['prefix'], '%s prefix' % where)
     port = parse_port(entry['port'], '%s port' % where)
     return Binding(protocol, network, port, label)
 
 
-def parse_bindings(entries):
+def parse_bindings(entries, require_label=True):
     """Normalise a list; the same match listed with two labels is an error,
     the same binding listed twice is kept once."""
     result = {}
     for index, entry in enumerate(entries or []):
-        binding = parse_binding(entry, index)
+        binding = parse_binding(entry, index, require_label)
         other = result.get(binding.match)
         if other is not None and other.label != binding.label:
             raise BindingError('bindings[%d] %s conflicts with an earlier entry that sends it to %r'
@@ -144,7 +224,7 @@ def parse_bindings(entries):
 
 
 def encode_key(protocol, network, port):
-    addr = network.network_address.packed
+    addr = network.packed
     return _KEY.pack(KEY_HEADER_BITS + network.prefixlen, PROTOCOLS[protocol],
                      FAMILIES[network.version], struct.pack('>H', port), addr.ljust(16, b'\0'))
 
@@ -154,9 +234,9 @@ def decode_key(raw):
     prefixlen, proto, family, port, addr = _KEY.unpack(raw)
     plen = prefixlen - KEY_HEADER_BITS
     if family == socket.AF_INET:
-        network = ipaddress.IPv4Network((addr[:4], plen))
+        network = Prefix(4, addr[:4], plen)
     else:
-        network = ipaddress.IPv6Network((addr, plen))
+        network = Prefix(6, addr, plen)
     return PROTOCOL_NAMES.get(proto, str(proto)), network, struct.unpack('>H', port)[0]
 
 
@@ -175,10 +255,10 @@ def select(bindings, protocol, address, port):
     module's explanations: longest prefix wins, then a specific port beats
     port 0. ``bindings`` is an iterable of Binding.
     """
-    addr = ipaddress.ip_address(address)
+    packed = parse_address(address)
     best = None
     for b in bindings:
-        if b.protocol != protocol or b.network.version != addr.version or addr not in b.network:
+        if b.protocol != protocol or not b.network.contains_packed(packed):
             continue
         if b.port not in (0, port):
             continue
@@ -217,14 +297,7 @@ def protected_c_rules(entries):
     """
     out = []
     for protocol, network, port in parse_protected(entries):
-        packed_net = network.network_address.packed
-        packed_mask = network.netmask.packed
-        words = []
-        for i in range(0, len(packed_net), 4):
-            mask = struct.unpack('>I', packed_mask[i:i + 4])[0]
-            if mask:
-                net = struct.unpack('>I', packed_net[i:i + 4])[0]
-                words.append({'mask': '0x%08x' % mask, 'net': '0x%08x' % net})
+        words = [{'mask': '0x%08x' % mask, 'net': '0x%08x' % net} for mask, net in network.words() if mask]
         out.append({'protocol': protocol, 'prefix': str(network), 'port': port,
                     'ipproto': PROTOCOLS[protocol], 'af': FAMILIES[network.version],
                     'version': network.version, 'words': words})
@@ -247,3 +320,64 @@ def protection_of(binding, rules):
             return 'full', rule
         partial = partial or rule
     return ('partial', partial) if partial else (None, None)
+
+
+# --- planning a change ------------------------------------------------------
+
+class Change(object):
+    """The difference between the bindings in the kernel and the desired set."""
+
+    def __init__(self, current, desired):
+        self.current = current
+        self.desired = desired
+        self.added = [b for m, b in desired.items() if m not in current]
+        self.removed = [b for m, b in current.items() if m not in desired]
+        self.relabeled = [(current[m], b) for m, b in desired.items()
+                          if m in current and current[m].label != b.label]
+
+    @property
+    def changed(self):
+        return bool(self.added or self.removed or self.relabeled)
+
+    def diff_lines(self):
+        """(before, after) text: one line per binding that goes away or comes in."""
+        key = sort_key
+        before = sorted(self.removed + [old for old, _new in self.relabeled], key=key)
+        after = sorted(self.added + [new for _old, new in self.relabeled], key=key)
+        return ''.join(str(b) + '\n' for b in before), ''.join(str(b) + '\n' for b in after)
+
+
+def sort_key(b):
+    return (b.protocol, b.network.version, b.network.packed, b.network.prefixlen, b.port, b.label or '')
+
+
+def sort_bindings(items):
+    return sorted(items, key=sort_key)
+
+
+def plan(current, listed, state='present', exclusive=False):
+    """The desired set for a module call.
+
+    present: ``listed`` is added to (or, with exclusive, replaces) ``current``;
+    a listed binding whose match exists with another label is relabelled.
+    absent: the listed matches are removed; an entry with a label removes the
+    binding only while it points at that label.
+    Returns (Change, skipped) where skipped are absent-matches left alone
+    because they belong to another label.
+    """
+    skipped = []
+    if state == 'present':
+        desired = dict(listed) if exclusive else dict(current)
+        if not exclusive:
+            desired.update(listed)
+    else:
+        desired = dict(current)
+        for match, binding in listed.items():
+            have = current.get(match)
+            if have is None:
+                continue
+            if binding.label is not None and have.label != binding.label:
+                skipped.append(have)
+                continue
+            del desired[match]
+    return Change(current, desired), skipped

@@ -435,7 +435,7 @@ def snapshot(pin_dir):
         return {'loaded': False, 'program': None, 'bindings': [], 'destinations': [],
                 'protected': [], 'pin_dir': pin_dir}
     with disp:
-        bindings = sorted(disp.bindings().values(), key=binding_sort_key)
+        bindings = sorted(disp.bindings().values(), key=bnd.sort_key)
         program = disp.program()
         program.update({'max_bindings': disp.max_bindings, 'max_destinations': disp.max_destinations,
                         'active_table': disp.active_index()})
@@ -447,10 +447,6 @@ def snapshot(pin_dir):
             'destinations': disp.destinations(),
             'protected': [{'protocol': p, 'prefix': str(n), 'port': port} for p, n, port in disp.protected()],
         }
-
-
-def binding_sort_key(b):
-    return (b.protocol, b.network.version, b.network.network_address.packed, b.network.prefixlen, b.port)
 
 
 # --- program lifecycle -------------------------------------------------------

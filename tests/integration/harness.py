@@ -122,7 +122,7 @@ def run_module(module, args, check=False, diff=False, expect_failure=False):
     res = run_playbook(play([task]), check=check, diff=diff)
     out = res.result(0)
     if not expect_failure:
-        assert not out.get('failed'), out.get('msg', out)
+        assert not out.get('failed'), '%s\n%s' % (out.get('msg'), out.get('module_stderr', '') + out.get('module_stdout', ''))
     return out
 
 
@@ -209,9 +209,14 @@ def hand_over(s):
         dest = disp.ensure_destination(register[1], fam, proto)
         disp.set_socket(dest, s.fileno())
 
+def v6only(s):
+    if fam == socket.AF_INET6:
+        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+
 if proto == 'tcp':
     s = socket.socket(fam, socket.SOCK_STREAM)
     s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    v6only(s)
     s.bind((host, port)); s.listen(512)
     hand_over(s)
     print('%d %d' % (s.getsockname()[1], s.fileno()), flush=True)
@@ -225,13 +230,35 @@ if proto == 'tcp':
         c, _ = s.accept()
         threading.Thread(target=serve, args=(c,), daemon=True).start()
 else:
+    # A steered datagram arrives for an address the socket is not bound to; the
+    # reply must leave from that address (IP_PKTINFO), as any sk_lookup UDP service must.
     s = socket.socket(fam, socket.SOCK_DGRAM)
+    v6only(s)
+    if fam == socket.AF_INET:
+        s.setsockopt(socket.IPPROTO_IP, 8, 1)            # IP_PKTINFO
+        level, kind = socket.IPPROTO_IP, 8
+    else:
+        s.setsockopt(socket.IPPROTO_IPV6, 49, 1)         # IPV6_RECVPKTINFO
+        # IPv6 only lets a reply leave from an address configured on an interface,
+        # unless the socket may use any (an AnyIP local route is not enough).
+        s.setsockopt(socket.IPPROTO_IPV6, 78, 1)         # IPV6_FREEBIND
+        level, kind = socket.IPPROTO_IPV6, 50            # IPV6_PKTINFO
     s.bind((host, port))
     hand_over(s)
     print('%d %d' % (s.getsockname()[1], s.fileno()), flush=True)
     while True:
-        data, peer = s.recvfrom(2048)
-        s.sendto(name.encode() + b' ' + data, peer)
+        data, anc, _flags, peer = s.recvmsg(2048, 256)
+        cmsgs = []
+        for lvl, typ, blob in anc:
+            if (lvl, typ) == (level, kind):
+                if fam == socket.AF_INET:   # in_pktinfo: ifindex, spec_dst, addr -> reply from addr
+                    cmsgs.append((lvl, typ, blob[:4] + blob[8:12] + blob[8:12]))
+                else:                       # in6_pktinfo: addr, ifindex
+                    cmsgs.append((lvl, typ, blob[:16] + bytes(4)))
+        try:
+            s.sendmsg([name.encode() + b' ' + data], cmsgs, 0, peer)
+        except OSError as exc:
+            print('reply to %s failed: %s' % (peer, exc), file=sys.stderr, flush=True)
 '''
 
 
@@ -312,8 +339,12 @@ for proto, host, port in cases:
             s = socket.socket(fam, socket.SOCK_STREAM); s.settimeout(%(timeout)r)
             s.connect((host, port)); s.sendall(b'ping'); data = s.recv(1024).decode()
         else:
+            # unconnected: a reply from whatever source address still identifies the server
+            # Send from loopback: a source inside a port-0 binding would have the
+            # reply steered back to the server instead of to us.
             s = socket.socket(fam, socket.SOCK_DGRAM); s.settimeout(%(timeout)r)
-            s.connect((host, port)); s.send(b'ping'); data = s.recv(2048).decode()
+            s.bind(('::1' if fam == socket.AF_INET6 else '127.0.0.1', 0))
+            s.sendto(b'ping', (host, port)); data = s.recvfrom(2048)[0].decode()
         out.append(data.split(' ', 1)[0])
     except ConnectionRefusedError:
         out.append('refused')

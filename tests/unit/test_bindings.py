@@ -1,6 +1,5 @@
 """Pure logic of bindings and protected rules (no kernel)."""
 
-import ipaddress
 
 import pytest
 
@@ -52,7 +51,7 @@ def test_same_binding_two_labels_is_an_error_same_label_is_kept_once():
     ('tcp', '0.0.0.0/0', 0), ('udp', '192.0.2.0/24', 53), ('tcp', '2001:db8::/32', 443),
     ('udp', '::/0', 0), ('tcp', '255.255.255.255/32', 65535)])
 def test_key_round_trip(protocol, prefix, port):
-    net = ipaddress.ip_network(prefix)
+    net = b.parse_prefix(prefix)
     raw = b.encode_key(protocol, net, port)
     assert len(raw) == b.KEY_SIZE == 24
     assert b.decode_key(raw) == (protocol, net, port)
@@ -60,8 +59,8 @@ def test_key_round_trip(protocol, prefix, port):
 
 def test_ipv6_keys_never_share_a_prefix_with_ipv4():
     # The family byte comes before the address, so ::/0 cannot cover an IPv4 key.
-    v6 = b.encode_key('tcp', ipaddress.ip_network('::/0'), 0)
-    v4 = b.encode_key('tcp', ipaddress.ip_network('127.0.0.1/32'), 0)
+    v6 = b.encode_key('tcp', b.parse_prefix('::/0'), 0)
+    v4 = b.encode_key('tcp', b.parse_prefix('127.0.0.1/32'), 0)
     assert v6[4:6] != v4[4:6]
 
 
@@ -132,3 +131,18 @@ def test_instance_names():
     for bad in ('', 'a.b', '../x', 'a/b', 'x' * 65, '-x'):
         with pytest.raises(dispatcher.DispatcherError):
             dispatcher.check_instance_name(bad)
+
+
+@pytest.mark.parametrize('text', ['10.1.2.3/8', '0.0.0.0/0', '192.0.2.255/31', '2001:db8:1:2::ff/36', '::/0',
+                                  '::1', 'fe80::1/10', '1:0:1:1:1:1:1:1/128', '2001:db8::/32', '255.255.255.255'])
+def test_prefix_agrees_with_ipaddress(text):
+    import ipaddress
+    assert str(b.parse_prefix(text)) == str(ipaddress.ip_network(text, strict=False))
+
+
+def test_prefix_relations():
+    p = b.parse_prefix
+    assert p('10.1.0.0/16').subnet_of(p('10.0.0.0/8')) and not p('10.0.0.0/8').subnet_of(p('10.1.0.0/16'))
+    assert p('10.0.0.0/8').overlaps(p('10.1.2.3/32')) and not p('10.0.0.0/8').overlaps(p('11.0.0.0/8'))
+    assert not p('::/0').overlaps(p('0.0.0.0/0'))
+    assert p('10.0.0.0/8') == p('10.9.9.9/8') and len({p('10.0.0.0/8'), p('10.9.9.9/8')}) == 1
