@@ -136,7 +136,8 @@ class Prefix(object):
 
     def words(self):
         """(mask, network) per 32-bit word, in host order integers."""
-        mask = (((1 << self.prefixlen) - 1) << (len(self.packed) * 8 - self.prefixlen)).to_bytes(len(self.packed), 'big')
+        size = len(self.packed)
+        mask = (((1 << self.prefixlen) - 1) << (size * 8 - self.prefixlen)).to_bytes(size, 'big')
         return [(struct.unpack('>I', mask[i:i + 4])[0], struct.unpack('>I', self.packed[i:i + 4])[0])
                 for i in range(0, len(self.packed), 4)]
 

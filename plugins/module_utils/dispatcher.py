@@ -566,9 +566,9 @@ def install(pin_dir, netns_path, source, plan, disp, check_mode=False):
                 fds[name] = new_pins[name] = fd
         if diffs:
             raise DispatcherError('the new source is incompatible with the maps of the loaded instance, '
-                              'which an in-place upgrade keeps: %s. Nothing was changed; to change map '
-                              'sizes remove the instance (state=absent) and load it again.'
-                              % '; '.join(diffs))
+                                  'which an in-place upgrade keeps: %s. Nothing was changed; to change map '
+                                  'sizes remove the instance (state=absent) and load it again.'
+                                  % '; '.join(diffs))
         try:
             prog_fd = bpf.prog_load(bpf.BPF_PROG_TYPE_SK_LOOKUP, compiler.ENTRY_FUNCTION,
                                     compiled.relocated(fds), bpf.BPF_SK_LOOKUP)

@@ -40,7 +40,9 @@ EXAMPLES = r'''
 - name: Fail when a destination lost its socket
   ansible.builtin.assert:
     that: dispatcher.destinations | selectattr('socket_cookie', 'none') | list | length == 0
-    fail_msg: "Destinations without a socket: {{ dispatcher.destinations | selectattr('socket_cookie', 'none') | map(attribute='label') | list }}"
+    fail_msg: >-
+      Destinations without a socket:
+      {{ dispatcher.destinations | selectattr('socket_cookie', 'none') | map(attribute='label') | list }}
 
 - name: Read an instance attached to another namespace
   bpfsteer.sk_lookup.sk_lookup_info:

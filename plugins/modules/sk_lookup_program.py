@@ -64,7 +64,8 @@ seealso:
 EXAMPLES = r'''
 - name: Render the dispatch program for this host
   ansible.builtin.template:
-    src: "{{ lookup('ansible.builtin.config', 'COLLECTIONS_PATHS')[0] }}/ansible_collections/bpfsteer/sk_lookup/bpf/dispatch.c.j2"
+    # bpf/dispatch.c.j2 of the installed collection
+    src: "{{ collection_path }}/bpf/dispatch.c.j2"
     dest: /etc/bpfsteer/dispatch.c
     mode: "0644"
   vars:

@@ -122,7 +122,8 @@ def run_module(module, args, check=False, diff=False, expect_failure=False):
     res = run_playbook(play([task]), check=check, diff=diff)
     out = res.result(0)
     if not expect_failure:
-        assert not out.get('failed'), '%s\n%s' % (out.get('msg'), out.get('module_stderr', '') + out.get('module_stdout', ''))
+        detail = out.get('module_stderr', '') + out.get('module_stdout', '')
+        assert not out.get('failed'), '%s\n%s' % (out.get('msg'), detail)
     return out
 
 
