@@ -47,10 +47,10 @@ def drift(info, bindings, sockets=None, source_sha256=None):
     change = bnd.Change(actual, desired)
     for b in bnd.sort_bindings(change.added):
         report['missing_bindings'].append(str(b))
-        report['problems'].append('missing binding %s' % b)
+        report['problems'].append('missing binding %s' % (b,))
     for b in bnd.sort_bindings(change.removed):
         report['unexpected_bindings'].append(str(b))
-        report['problems'].append('unexpected binding %s' % b)
+        report['problems'].append('unexpected binding %s' % (b,))
     for old, new in change.relabeled:
         report['relabeled_bindings'].append('%s (kernel: %s)' % (new, old.label))
         report['problems'].append('binding %s points at %s' % (new, old.label))
