@@ -46,7 +46,7 @@ MAP_TYPE_NAMES = {
     BPF_MAP_TYPE_SOCKMAP: 'sockmap',
 }
 
-LIBBPF_NAME = 'libbpf.so.1'
+LIBBPF_NAMES = ('libbpf.so.1', 'libbpf.so.0')
 
 
 class BPFError(Exception):
@@ -110,6 +110,29 @@ class _ProgLoadOpts(ctypes.Structure):
         ('log_level', ctypes.c_uint32),
         ('log_size', ctypes.c_uint32),
         ('log_buf', ctypes.c_char_p),
+    ]
+
+
+class _LegacyLoadProgramAttr(ctypes.Structure):
+    # libbpf 0.x (Ubuntu 22.04 ships 0.5): struct bpf_load_program_attr.
+    _fields_ = [
+        ('prog_type', ctypes.c_uint32),
+        ('expected_attach_type', ctypes.c_uint32),
+        ('name', ctypes.c_char_p),
+        ('insns', ctypes.c_void_p),
+        ('insns_cnt', ctypes.c_size_t),
+        ('license', ctypes.c_char_p),
+        ('kern_version', ctypes.c_uint32),
+        ('prog_ifindex', ctypes.c_uint32),
+        ('prog_btf_fd', ctypes.c_uint32),
+        ('func_info_rec_size', ctypes.c_uint32),
+        ('func_info', ctypes.c_void_p),
+        ('func_info_cnt', ctypes.c_uint32),
+        ('line_info_rec_size', ctypes.c_uint32),
+        ('line_info', ctypes.c_void_p),
+        ('line_info_cnt', ctypes.c_uint32),
+        ('log_level', ctypes.c_uint32),
+        ('prog_flags', ctypes.c_uint32),
     ]
 
 
@@ -184,16 +207,23 @@ def libbpf():
     global _lib
     if _lib is not None:
         return _lib
-    try:
-        lib = ctypes.CDLL(LIBBPF_NAME, use_errno=True)
-    except OSError:
-        found = ctypes.util.find_library('bpf')
-        if not found:
-            raise ImportError('libbpf.so.1 not found (install the libbpf1 package)')
-        lib = ctypes.CDLL(found, use_errno=True)
+    lib = None
+    for name in LIBBPF_NAMES:
+        try:
+            lib = ctypes.CDLL(name, use_errno=True)
+            break
+        except OSError:
+            continue
+    if lib is None:
+        raise ImportError('libbpf.so.1 not found (install the libbpf1 package)')
     vp, u32, c_int = ctypes.c_void_p, ctypes.c_uint32, ctypes.c_int
+    # libbpf 1.x API, and the 0.x calls it replaced (0.7 added bpf_map_create/bpf_prog_load).
+    lib.legacy = not hasattr(lib, 'bpf_map_create')
     sigs = {
         'bpf_map_create': (c_int, [c_int, ctypes.c_char_p, u32, u32, u32, ctypes.POINTER(_MapCreateOpts)]),
+        'bpf_create_map_name': (c_int, [c_int, ctypes.c_char_p, c_int, c_int, c_int, u32]),
+        'bpf_load_program_xattr': (c_int, [ctypes.POINTER(_LegacyLoadProgramAttr), ctypes.c_char_p,
+                                           ctypes.c_size_t]),
         'bpf_map_update_elem': (c_int, [c_int, vp, vp, ctypes.c_uint64]),
         'bpf_map_lookup_elem': (c_int, [c_int, vp, vp]),
         'bpf_map_delete_elem': (c_int, [c_int, vp]),
@@ -213,6 +243,8 @@ def libbpf():
         'bpf_prog_test_run_opts': (c_int, [c_int, ctypes.POINTER(_TestRunOpts)]),
     }
     for name, (res, args) in sigs.items():
+        if not hasattr(lib, name):
+            continue
         fn = getattr(lib, name)
         fn.restype = res
         fn.argtypes = args
@@ -249,9 +281,13 @@ class FD(object):
 
 
 def map_create(map_type, name, key_size, value_size, max_entries, flags=0):
-    opts = _MapCreateOpts(sz=ctypes.sizeof(_MapCreateOpts), map_flags=flags)
-    ret = libbpf().bpf_map_create(map_type, name.encode()[:15], key_size, value_size,
-                                  max_entries, ctypes.byref(opts))
+    lib = libbpf()
+    if lib.legacy:
+        ret = lib.bpf_create_map_name(map_type, name.encode()[:15], key_size, value_size, max_entries, flags)
+    else:
+        opts = _MapCreateOpts(sz=ctypes.sizeof(_MapCreateOpts), map_flags=flags)
+        ret = lib.bpf_map_create(map_type, name.encode()[:15], key_size, value_size, max_entries,
+                                 ctypes.byref(opts))
     return FD(_check(ret, 'creating map %s' % name))
 
 
@@ -305,10 +341,12 @@ def map_get_fd_by_id(map_id):
 def prog_load(prog_type, name, insns, expected_attach_type, license_='GPL'):
     """Load raw instructions; on verifier refusal the error carries its log."""
     log = ctypes.create_string_buffer(1 << 20)
-    opts = _ProgLoadOpts(sz=ctypes.sizeof(_ProgLoadOpts), expected_attach_type=expected_attach_type,
-                         log_level=0, log_size=0, log_buf=None)
     buf = ctypes.create_string_buffer(bytes(insns), len(insns))
     lib = libbpf()
+    if lib.legacy:
+        return _legacy_prog_load(lib, prog_type, name, buf, len(insns) // 8, expected_attach_type, license_, log)
+    opts = _ProgLoadOpts(sz=ctypes.sizeof(_ProgLoadOpts), expected_attach_type=expected_attach_type,
+                         log_level=0, log_size=0, log_buf=None)
     ret = lib.bpf_prog_load(prog_type, name.encode()[:15], license_.encode(), buf, len(insns) // 8,
                             ctypes.byref(opts))
     if ret < 0:
@@ -318,6 +356,20 @@ def prog_load(prog_type, name, insns, expected_attach_type, license_='GPL'):
                           ctypes.byref(opts))
         tail = log.value.decode(errors='replace').strip().splitlines()[-15:]
         _check(ret, 'loading program %s' % name, '\n'.join(tail) or None)
+    return FD(ret)
+
+
+def _legacy_prog_load(lib, prog_type, name, buf, count, expected_attach_type, license_, log):
+    attr = _LegacyLoadProgramAttr(prog_type=prog_type, expected_attach_type=expected_attach_type,
+                                  name=name.encode()[:15], insns=ctypes.addressof(buf), insns_cnt=count,
+                                  license=license_.encode())
+    ret = lib.bpf_load_program_xattr(ctypes.byref(attr), None, 0)
+    if ret < 0:
+        err = ctypes.get_errno()
+        attr.log_level = 1
+        lib.bpf_load_program_xattr(ctypes.byref(attr), log, len(log))
+        tail = log.value.decode(errors='replace').strip().splitlines()[-15:]
+        raise BPFError('loading program %s' % name, err, '\n'.join(tail) or None)
     return FD(ret)
 
 
