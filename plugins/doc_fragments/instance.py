@@ -40,5 +40,6 @@ attributes:
     description: Shows the dispatcher state before and after.
   platform:
     support: full
-    platforms: posix
+    platforms: linux
+    description: BPF socket lookup is a feature of the Linux kernel.
 '''

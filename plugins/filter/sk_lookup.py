@@ -11,7 +11,8 @@ DOCUMENTATION = r'''
 name: sk_lookup_protected
 short_description: Normalise a protected list into the constants of the dispatch program
 version_added: 1.0.0
-author: bpfsteer.sk_lookup contributors
+author:
+  - bpfsteer.sk_lookup contributors (!UNKNOWN)
 description:
   - Takes the C(protected) list of the dispatch program (dicts with C(protocol), C(prefix), C(port))
     and returns one dict per rule with the masked prefix and the 32-bit masks and networks that

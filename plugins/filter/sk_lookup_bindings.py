@@ -10,7 +10,8 @@ DOCUMENTATION = r'''
 name: sk_lookup_bindings
 short_description: Validate and normalise a list of sk_lookup bindings on the controller
 version_added: 1.0.0
-author: bpfsteer.sk_lookup contributors
+author:
+  - bpfsteer.sk_lookup contributors (!UNKNOWN)
 description:
   - Checks every binding (label, protocol, prefix, port) exactly as M(bpfsteer.sk_lookup.sk_lookup_binding)
     does and returns the list normalised (host bits masked off, duplicates folded), so a play can

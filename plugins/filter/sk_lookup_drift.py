@@ -10,7 +10,8 @@ DOCUMENTATION = r'''
 name: sk_lookup_drift
 short_description: Compare a host's dispatcher variables with its kernel state
 version_added: 1.0.0
-author: bpfsteer.sk_lookup contributors
+author:
+  - bpfsteer.sk_lookup contributors (!UNKNOWN)
 description:
   - Takes the result of M(bpfsteer.sk_lookup.sk_lookup_info) and returns what differs from the
     desired bindings, sockets and program source, one problem per line.

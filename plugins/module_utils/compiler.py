@@ -133,6 +133,7 @@ def compile_source(source):
 
     # BCC prints clang diagnostics to fd 2; catch them to put in the error.
     saved = os.dup(2)
+    failure = None
     with tempfile.TemporaryFile() as err:
         os.dup2(err.fileno(), 2)
         try:

@@ -19,6 +19,7 @@ try:
     from ansible_collections.bpfsteer.sk_lookup.plugins.module_utils import bpf_syscalls as bpf
     bpf.libbpf()
     LIBBPF_ERROR = None
+    LIBBPF_TRACEBACK = None
 except Exception as exc:  # pylint: disable=broad-except
     LIBBPF_ERROR = exc
     LIBBPF_TRACEBACK = traceback.format_exc()

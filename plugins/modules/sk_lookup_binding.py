@@ -11,7 +11,8 @@ DOCUMENTATION = r'''
 module: sk_lookup_binding
 short_description: Manage the bindings of a sk_lookup dispatcher, one at a time or as a whole set
 version_added: 1.0.0
-author: bpfsteer.sk_lookup contributors
+author:
+  - bpfsteer.sk_lookup contributors (!UNKNOWN)
 description:
   - A binding sends new TCP connections or UDP datagrams for (O(protocol), O(prefix), O(port)) to
     the socket registered for a label (see M(bpfsteer.sk_lookup.sk_lookup_socket)).
@@ -57,7 +58,8 @@ options:
         mean what the options of the same names mean. C(label) may be left out with
         O(state=absent).
       - Listing the same binding twice with two labels is an error.
-      - The list may also be given as one JSON string, which is much faster for very large sets
+      - >-
+        The list may also be given as one JSON string, which is much faster for very large sets
         because Ansible then templates one string instead of every entry; for example
         C(bindings: "{{ my_bindings | to_json }}").
       - Mutually exclusive with O(label), O(protocol), O(prefix) and O(port).
@@ -227,7 +229,9 @@ def apply(module, pin_dir):
 
     p = module.params
     listed = listed_bindings(module)
-    disp = d.open_dispatcher(pin_dir) if d.is_bpffs(p['bpffs']) else None
+    disp = None
+    if d.is_bpffs(p['bpffs']):
+        disp = d.open_dispatcher(pin_dir)
     if disp is None:
         if not module.check_mode:
             raise d.DispatcherError('instance %r is not loaded (no pins at %s); load it with '

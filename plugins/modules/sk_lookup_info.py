@@ -11,7 +11,8 @@ DOCUMENTATION = r'''
 module: sk_lookup_info
 short_description: Read a sk_lookup dispatcher's state from the kernel
 version_added: 1.0.0
-author: bpfsteer.sk_lookup contributors
+author:
+  - bpfsteer.sk_lookup contributors (!UNKNOWN)
 description:
   - Reads the program, bindings, destinations (with their sockets and counters) and protected
     rules of a dispatcher instance from its pinned BPF objects. The kernel is the only source of
@@ -25,9 +26,11 @@ attributes:
     description: Reads only, so it runs unchanged in check mode.
   diff_mode:
     support: none
+    description: Changes nothing, so there is no difference to show.
   platform:
     support: full
-    platforms: posix
+    platforms: linux
+    description: BPF socket lookup is a feature of the Linux kernel.
 seealso:
   - module: bpfsteer.sk_lookup.sk_lookup_program
 '''

@@ -11,7 +11,8 @@ DOCUMENTATION = r'''
 module: sk_lookup_program
 short_description: Load, upgrade or remove the sk_lookup dispatch program of a network namespace
 version_added: 1.0.0
-author: bpfsteer.sk_lookup contributors
+author:
+  - bpfsteer.sk_lookup contributors (!UNKNOWN)
 description:
   - Compiles the dispatch program with BCC, loads it as a C(BPF_PROG_TYPE_SK_LOOKUP) program, creates
     and pins its maps and attaches it to a network namespace with a pinned BPF link.

@@ -11,7 +11,8 @@ DOCUMENTATION = r'''
 module: sk_lookup_socket
 short_description: Register a running service's socket as the socket of a sk_lookup destination
 version_added: 1.0.0
-author: bpfsteer.sk_lookup contributors
+author:
+  - bpfsteer.sk_lookup contributors (!UNKNOWN)
 description:
   - Takes a listening TCP socket or a bound, unconnected UDP socket from a running process with
     C(pidfd_open) and C(pidfd_getfd) and puts it into the dispatcher's socket map as the socket of
@@ -187,6 +188,19 @@ destination:
   description: The destination the socket serves; RV(destination.id) is null in check mode for a new one.
   returned: when O(state=present)
   type: dict
+  contains:
+    label:
+      description: Label of the destination.
+      type: str
+    family:
+      description: V(ipv4) or V(ipv6).
+      type: str
+    protocol:
+      description: V(tcp) or V(udp).
+      type: str
+    id:
+      description: Destination id (index into the sockets map); null in check mode for a new destination.
+      type: int
   sample: {label: echo, family: ipv4, protocol: tcp, id: 0}
 previous_socket:
   description:

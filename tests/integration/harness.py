@@ -92,7 +92,7 @@ def run_playbook(playbook, extra_vars=None, check=False, diff=False, inventory=N
         if diff:
             cmd.append('--diff')
         cmd += list(args)
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=ansible_env(env), timeout=timeout)
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=ansible_env(env), timeout=timeout, check=False)
     try:
         raw = json.loads(proc.stdout[proc.stdout.index('{'):])
     except ValueError:
@@ -173,7 +173,8 @@ class Namespace(object):
     def run(self, argv, **kw):
         kw.setdefault('capture_output', True)
         kw.setdefault('text', True)
-        return subprocess.run(self.exec_args(argv), **kw)
+        check = kw.pop('check', False)
+        return subprocess.run(self.exec_args(argv), check=check, **kw)
 
     def python(self, code, timeout=60, check=True):
         """Run Python code inside the namespace; returns its stdout parsed as JSON."""
@@ -183,8 +184,8 @@ class Namespace(object):
         return json.loads(proc.stdout) if proc.stdout.strip() else None
 
     def delete(self):
-        subprocess.run(['ip', 'netns', 'pids', self.name], capture_output=True)
-        pids = subprocess.run(['ip', 'netns', 'pids', self.name], capture_output=True, text=True).stdout.split()
+        pids = subprocess.run(['ip', 'netns', 'pids', self.name], capture_output=True, text=True,
+                              check=False).stdout.split()
         for pid in pids:
             try:
                 os.kill(int(pid), 9)
@@ -387,7 +388,8 @@ def backend(code, **params):
                'from ansible_collections.bpfsteer.sk_lookup.plugins.module_utils import dispatcher, bindings\n'
                % COLLECTIONS)
     prelude += ''.join('%s = %r\n' % kv for kv in params.items())
-    proc = subprocess.run([HOST_PYTHON, '-c', prelude + textwrap.dedent(code)], capture_output=True, text=True)
+    proc = subprocess.run([HOST_PYTHON, '-c', prelude + textwrap.dedent(code)], capture_output=True, text=True,
+                          check=False)
     if proc.returncode != 0:
         raise AssertionError('backend code failed:\n%s' % proc.stderr)
     return json.loads(proc.stdout) if proc.stdout.strip() else None

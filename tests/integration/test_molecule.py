@@ -13,12 +13,12 @@ MOLECULE = os.path.join(harness.ROOT, 'molecule')
 def test_molecule_default_scenario_passes():
     proc = subprocess.run([os.path.join(harness.VENV_BIN, 'molecule'), 'test', '-s', 'default'],
                           cwd=harness.ROOT, env=harness.ansible_env({'ANSIBLE_STDOUT_CALLBACK': 'default'}),
-                          capture_output=True, text=True, timeout=600)
+                          capture_output=True, text=True, timeout=600, check=False)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-5000:]
     assert 'idempotence' in out and 'Executed: Successful' in out
     assert 'bpfsteer-molecule' not in subprocess.run(['ip', 'netns', 'list'], capture_output=True,
-                                                     text=True).stdout
+                                                     text=True, check=False).stdout
 
 
 def test_vagrant_scenario_shares_playbooks_and_is_valid(tmp_path):
@@ -42,5 +42,5 @@ def test_vagrant_scenario_shares_playbooks_and_is_valid(tmp_path):
         path = os.path.normpath(os.path.join(MOLECULE, 'vagrant', name))
         proc = subprocess.run([os.path.join(harness.VENV_BIN, 'ansible-playbook'), '--syntax-check', '-i',
                                str(inventory), path], env=harness.ansible_env({'ANSIBLE_STDOUT_CALLBACK': 'default'}),
-                              capture_output=True, text=True)
+                              capture_output=True, text=True, check=False)
         assert proc.returncode == 0, (name, proc.stdout, proc.stderr)

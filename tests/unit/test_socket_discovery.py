@@ -345,7 +345,7 @@ def test_find_by_fd_refuses_what_is_not_a_socket(me, tmp_path):
 def test_reuseport_group_of_real_sockets(me):
     socks = []
     try:
-        for _ in range(3):
+        for _attempt in range(3):
             s = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             s.bind(('::1', socks[0].getsockname()[1] if socks else 0))
