@@ -154,8 +154,22 @@ destinations:
     errors:
       description: Of those, how many the kernel refused to assign to the socket.
       type: int
+    owner:
+      description:
+        - The registered socket's local address and port and the process holding it (C(pid),
+          C(command)), found through sock_diag and C(/proc); null when there is no socket or it
+          could not be found.
+      type: dict
   sample:
-    - {label: echo, family: ipv4, protocol: tcp, id: 0, socket_cookie: 4097, lookups: 3, misses: 0, errors: 0}
+    - label: echo
+      family: ipv4
+      protocol: tcp
+      id: 0
+      socket_cookie: 4097
+      lookups: 3
+      misses: 0
+      errors: 0
+      owner: {address: 127.0.0.1, port: 7777, pid: 1289, command: ncat}
 protected:
   description: The rules compiled into the program that it never steers.
   returned: always
@@ -180,7 +194,14 @@ def main():
         if not d.is_bpffs(module.params['bpffs']):
             return {'loaded': False, 'program': None, 'bindings': [], 'destinations': [],
                     'protected': [], 'pin_dir': pin_dir}
-        return d.snapshot(pin_dir)
+        state = d.snapshot(pin_dir)
+        if state['loaded']:
+            from ansible_collections.bpfsteer.sk_lookup.plugins.module_utils import socket_discovery as sd
+            owners = sd.socket_owners([dest['socket_cookie'] for dest in state['destinations']],
+                                      state['program']['netns_inode'])
+            for dest in state['destinations']:
+                dest['owner'] = owners.get(dest['socket_cookie'])
+        return state
 
     module.exit_json(changed=False, **ms.run(module, body))
 

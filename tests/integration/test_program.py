@@ -85,7 +85,7 @@ def test_info_when_nothing_is_loaded(bpffs):
 
 
 def test_steering_with_maps_filled_by_the_test(loaded, ns):
-    with Server(ns, 'echo', port=7777, register=(pin_dir(loaded), 'echo')):
+    with Server(ns, 'echo', port=7777, register=(pin_dir(loaded), 'echo')) as server:
         harness.set_bindings(pin_dir(loaded), [
             {'label': 'echo', 'protocol': 'tcp', 'prefix': '127.0.0.1', 'port': p} for p in (7, 77, 777)])
         answers = harness.probe_many(ns, [('tcp', '127.0.0.1', p) for p in (7, 77, 777, 778, 22)])
@@ -96,6 +96,7 @@ def test_steering_with_maps_filled_by_the_test(loaded, ns):
         [dest] = info['destinations']
         assert dest['label'] == 'echo' and dest['family'] == 'ipv4' and dest['protocol'] == 'tcp'
         assert dest['socket_cookie'] and dest['lookups'] == 3 and dest['misses'] == 0
+        assert dest['owner'] == {'address': '127.0.0.1', 'port': 7777, 'pid': server.pid, 'command': 'python3'}
 
 
 def test_protected_rule_is_never_steered(target, ns):
