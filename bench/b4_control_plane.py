@@ -2,7 +2,7 @@
 
 Every figure is the wall time of one `ansible-playbook` run against localhost
 (ansible_connection=local), what an operator waits for, plus the task's own
-time from the bench_json callback (the rest is Ansible's own start-up and play loading).
+time from the results_json callback (the rest is Ansible's own start-up and play loading).
 The desired set comes from a JSON extra-vars file (`-e @wanted.json`), as
 group_vars would supply it, and is applied with exclusive: true.
 

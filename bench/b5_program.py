@@ -1,7 +1,7 @@
 """5. Program load: first load (compile), unchanged rerun, upgrade; compile memory.
 
 Times are ansible-playbook wall times of one sk_lookup_program task (content:
-the rendered default template) and that task's own time (bench_json callback).
+the rendered default template) and that task's own time (results_json callback).
 
   first load  a fresh instance: compile with BCC, create and pin maps, load,
               attach (the instance is removed untimed before every run)

@@ -203,13 +203,13 @@ def stopwatch():
 
 # Our stdout callback: the test harness's JSON plus per-task durations.
 BENCH_ENV = {
-    'ANSIBLE_STDOUT_CALLBACK': 'bench_json',
-    'ANSIBLE_CALLBACK_PLUGINS': os.path.join(BENCH, 'callback_plugins'),
+    'ANSIBLE_STDOUT_CALLBACK': 'results_json',
+    'ANSIBLE_CALLBACK_PLUGINS': os.path.join(ROOT, 'tests', 'integration', 'callback_plugins'),
 }
 
 
 def task_seconds(res, name=None, index=None):
-    """Duration of one task (start to last host's result) from the bench_json callback."""
+    """Duration of one task (start to last host's result) from the results_json callback."""
     tasks = res.tasks
     task = tasks[index] if index is not None else next(t for t in tasks if t['task']['name'] == name)
     return task['task'].get('seconds')

@@ -449,7 +449,7 @@ def control_section(ctl):
     lines = ['## 4. Control plane: applying bindings\n', meta_line(ctl)]
     lines.append('''**Method.** `bench/b4_control_plane.py`. Wall time of one `ansible-playbook` run on localhost
 (`ansible_connection: local`), which is what an operator waits for, and in brackets the task's own
-time from the benchmark's callback (`bench/callback_plugins/bench_json.py`, task start to result;
+time from the benchmark's callback (`tests/integration/callback_plugins/results_json.py`, task start to result;
 the rest is Ansible starting up and loading the play and vars). The set comes from a JSON extra-vars
 file (`-e @wanted.json`) and is applied with `exclusive: true`. *apply*: into an empty instance;
 *no-op*: the same set again (checked: `changed: false`); *change 1*: the same set with one binding

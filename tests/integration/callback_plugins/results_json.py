@@ -1,5 +1,6 @@
-# Test-only stdout callback: prints every task result of a run as one JSON document,
-# so the harness can assert on exact module returns.
+# Stdout callback for the tests and the benchmarks: prints every task result of a run as one
+# JSON document, so the harness can assert on exact module returns, with how long each task took
+# so a benchmark can tell Ansible's fixed cost from the module's own work.
 from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
@@ -7,12 +8,14 @@ __metaclass__ = type
 DOCUMENTATION = r'''
 name: results_json
 type: stdout
-short_description: Whole run as JSON (tests only)
+short_description: Whole run as JSON with task durations (tests and benchmarks only)
 description:
-  - Prints {"plays":[{"play":..., "tasks":[{"task":{"name":...}, "hosts":{host: result}}]}], "stats":{...}}.
+  - Prints {"plays":[{"play":..., "tasks":[{"task":{"name":..., "seconds":...}, "hosts":{host: result}}]}], "stats":{...}}.
+  - Each host result carries C(_task_seconds), the time from the task's start to that host's result.
 '''
 
 import json
+import time
 
 from ansible.plugins.callback import CallbackBase
 
@@ -26,6 +29,7 @@ class CallbackModule(CallbackBase):
         super(CallbackModule, self).__init__(*args, **kwargs)
         self.results = []
         self._tasks = {}
+        self._started = {}
 
     def v2_playbook_on_play_start(self, play):
         self.results.append({'play': {'name': play.get_name()}, 'tasks': []})
@@ -39,6 +43,7 @@ class CallbackModule(CallbackBase):
         return self._tasks[key]
 
     def v2_playbook_on_task_start(self, task, is_conditional):
+        self._started[task._uuid] = time.time()
         self._task_entry(task)
 
     v2_playbook_on_handler_task_start = v2_playbook_on_task_start
@@ -46,7 +51,11 @@ class CallbackModule(CallbackBase):
     def _record(self, result, **extra):
         data = dict(result._result)
         data.update(extra)
-        self._task_entry(result._task)['hosts'][result._host.get_name()] = data
+        now = time.time()
+        data['_task_seconds'] = now - self._started.get(result._task._uuid, now)
+        entry = self._task_entry(result._task)
+        entry['hosts'][result._host.get_name()] = data
+        entry['task']['seconds'] = data['_task_seconds']
 
     def v2_runner_on_ok(self, result, **kwargs):
         self._record(result)
