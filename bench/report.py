@@ -797,8 +797,9 @@ As root on a Debian 12 machine. `bench/run` installs what it needs (`scripts/boo
 `nftables` and `gcc`), builds `bench/loadgen.c`, and every benchmark creates its own network
 namespaces (`bpfsteer-bench-*`), bpffs mounts and memory cgroups and removes them afterwards, also
 on failure or Ctrl-C; a run killed hard is cleaned up by the next one. Traffic goes only to
-loopback and to addresses inside those namespaces (198.18.0.0/15, the benchmarking range). Raw
-figures are in `bench/results/*.json`.
+loopback and to addresses inside those namespaces (198.18.0.0/15, the benchmarking range). A run's
+raw figures are in `bench/results/*.json` (not committed); `.venv/bin/python bench/bench.py
+--report-only` renders this file from them again.
 ''')
     with open(output, 'w') as f:
         f.write('\n'.join(p.rstrip('\n') + '\n' for p in parts))
