@@ -93,7 +93,7 @@ The kernel's figure includes test_run's own loop: a program that only returns `S
 ''' % (n(d['repeat']), d['runs'], d['baseline_ns']))
     checks = d.get('checks', [])
     bad = [c for c in checks if not c['ok']]
-    cookie_note = ('Every hit returned `SK_PASS` with the cookie of the registered socket, every miss '
+    cookie_note = ('every hit returned `SK_PASS` with the cookie of the registered socket, every miss '
                    '`SK_PASS` with cookie 0 (%d checks, %d failed).' % (len(checks), len(bad)))
     lines.append('''**What test_run does with a real socket.** The sockets live in the benchmark namespace;
 test_run runs in the caller's (the host's) namespace. `bpf_sk_assign()` in a sk_lookup program
@@ -337,12 +337,15 @@ lookup at about %.2f µs with this many bindings when everything is in cache (it
 without test_run's own loop), which would be %.1f %% of a TCP transaction and %.1f %% of a UDP round
 trip. The noise of this shared machine shows in the range column and the per-round ratios: a single
 round's ratio lies anywhere between %.2f and %.2f, which is why there are many short interleaved
-rounds and only medians of per-round ratios are compared; their standard error is about as large
-as the 3 %% the target allows.
+rounds and only medians of per-round ratios are compared; their standard error here (%.1f and %.1f
+points) is %s the 3 %% the target allows.
 ''' % (2e6 / tcp['direct']['rate'], n(int(tcp['direct']['rate'])), 2e6 / udp['direct']['rate'], lookup_us,
        lookup_us / (2e6 / tcp['direct']['rate']) * 100, 2 * lookup_us / (2e6 / udp['direct']['rate']) * 100,
        min(steered_ratio(t, 'tcp')[1] + steered_ratio(t, 'udp')[1]),
-       max(steered_ratio(t, 'tcp')[1] + steered_ratio(t, 'udp')[1])))
+       max(steered_ratio(t, 'tcp')[1] + steered_ratio(t, 'udp')[1]),
+       sem(steered_ratio(t, 'tcp')[1]) * 100, sem(steered_ratio(t, 'udp')[1]) * 100,
+       'larger than' if max(sem(steered_ratio(t, p)[1]) for p in ('tcp', 'udp')) > 0.035 else
+       'about as large as'))
     if 'steered, flat' in udp and 'steered, 2 bindings' in udp:
         out.append(attribution(t))
     return ''.join(out)
@@ -375,17 +378,15 @@ def attribution(t):
         if big >= 0.97:
             s += 'Within the target.'
         elif big + e_big >= 0.97:
-            s += ('Below the target by less than the uncertainty of the measurement on this machine; '
-                  'the steered modes do not differ from each other by more than the noise.'
-                  if abs(small - big) < 1.5 * noise and abs(flat - big) < 1.5 * noise else
-                  'Below the target by less than the uncertainty of the measurement on this machine.')
-        elif small - big > 1.5 * noise and flat - big > 1.5 * noise:
-            s += ('Both the small trie and the flat lookup do better by more than the noise: the walk through '
-                  'a large LPM trie costs in the real data path, where, unlike in test_run, its nodes are not '
-                  'all in cache; section 1b\'s fix addresses it.')
+            s += 'Below the target by less than the uncertainty of the measurement on this machine.'
         else:
-            s += ('Below the target by more than the noise, and the steered modes do not differ from each other '
-                  'by more than the noise: this run cannot attribute the difference to the lookup.')
+            s += 'Below the target by more than the uncertainty of the measurement.'
+        if small - big > 1.5 * noise and flat - big > 1.5 * noise:
+            s += (' Both the small trie and the flat lookup do better than the large trie by more than the '
+                  'noise: the walk through a large LPM trie costs in the real data path, where, unlike in '
+                  'test_run, its nodes are not all in cache, and section 1b\'s fix removes that cost.')
+        elif abs(small - big) < 1.5 * noise and abs(flat - big) < 1.5 * noise:
+            s += ' The steered modes do not differ from each other by more than the noise.'
         out.append(s + '\n')
     return ''.join(out)
 
@@ -434,14 +435,16 @@ up (one `nft -f`) and holds little memory, but it needs `IP_TRANSPARENT` in the 
 policy route, and only sees traffic that arrives through an interface (not local clients). The
 dispatcher's setup is dominated by Ansible and the BCC compile of the program (the first task), a
 one-time cost per host; changing what is steered afterwards is one map update (%.0f ms including
-the 50 ms grace of the table flip). Connection latency is within noise across the alternatives:
-each adds at most a lookup of well under a microsecond to a connection that costs tens of
-microseconds on this machine.
+the 50 ms grace of the table flip). Median connection latency is %.0f–%.0f µs for all four, within
+the noise of this machine: each way of steering adds at most a lookup of well under a microsecond
+to a connection that costs tens of microseconds here; the p99 column moves from run to run with
+the machine's other load.
 ''' % (mib(d['sockets']['memory_bytes']), d['sockets']['memory_bytes'] / 65535.0 / 1024,
        d['sockets']['setup_s'], mib(d['dispatcher']['memory_bytes']),
        mib(d['dispatcher'].get('config_memory_bytes')),
        1000 * d['dispatcher']['setup_detail'].get(
-           'one binding replacement without Ansible (incl. 50 ms flip grace)', 0)))
+           'one binding replacement without Ansible (incl. 50 ms flip grace)', 0),
+       min(x['latency']['p50_us'] for x in d.values()), max(x['latency']['p50_us'] for x in d.values())))
     return '\n'.join(lines)
 
 
@@ -608,7 +611,7 @@ def fleet_explanation(fl, p):
 is the role's tasks run through Ansible for every host, which read the kernel's state and change
 nothing: %.2f s per host, mostly Ansible's own cost per task.''' % (
         big['hosts'], f1(extra), extra / big['hosts'],
-        ', consistent with compiling each host\'s program (%.2f s alone, section 5) on 2 cores' % compile_s
+        ', about the time of one compile per host (%.2f s alone, section 5)' % compile_s
         if compile_s else '', big['noop_per_host_s'])]
     if 5 in by_forks and 10 in by_forks:
         out.append(' Ten forks instead of five change little (converge %s s vs %s s): every "host" runs on '
@@ -714,11 +717,12 @@ def findings(results):
         top = max(fl['sizes'])
         out.append('''* **The lookup cost target (section 1) needs a different bindings map.** The LPM trie walk
   grows with the number of bindings (slowest case %d ns at 1 binding, %d ns at %s); the hash-per-
-  prefix-length prototype in `bench/flat_dispatch.c` stays at %d ns at %s in the same run. Files:
+  prefix-length prototype in `bench/flat_dispatch.c` does not (%d ns at %s, %d ns at %s, same run). Files:
   `bpf/dispatch.c.j2` (maps and lookup loop), `plugins/module_utils/bindings.py` (key encoding),
   `plugins/module_utils/dispatcher.py` (`PROGRAM_MAPS`, `replace_bindings` writing the per-table
   prefix-length list before the flip, reading bindings back); details at the end of section 1b.
 ''' % (worst(d, 1), worst(d, max(d['sizes'])), n(max(d['sizes'])),
+       max(r['flat_ns'] for r in fl['rows'] if r['size'] == 1000), n(1000),
        max(r['flat_ns'] for r in fl['rows'] if r['size'] == top), n(top)))
     ctl = results.get('control') or {}
     rows = ctl.get('rows') or []
