@@ -379,11 +379,13 @@ class Dispatcher(object):
         have = self._table_raw(index)
         stale = [k for k in have if k not in want]
         write = [(k, v) for k, v in want.items() if have.get(k) != v]
+        # Delete first: the table is idle (no lookup reads it), and writing first would need
+        # room for the old and the new set at once (ENOSPC near max_bindings).
+        if stale:
+            bpf.map_delete_batch(fd, stale, bnd.KEY_SIZE)
         if write:
             bpf.map_update_batch(fd, [k for k, _v in write], [v for _k, v in write],
                                  bnd.KEY_SIZE, bnd.VALUE_SIZE)
-        if stale:
-            bpf.map_delete_batch(fd, stale, bnd.KEY_SIZE)
 
     def used_destination_ids(self):
         ids = set()

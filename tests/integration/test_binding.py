@@ -309,3 +309,18 @@ def test_bad_input_changes_nothing(target):
         out = res.by_name(name)
         assert out.get('failed') and msg in out['msg'], (name, msg, out.get('msg'))
     assert state_of(target) == before
+
+
+def test_disjoint_replacement_at_full_capacity(target, ns):
+    """Old and new sets each fill the table; they never have to fit in it together."""
+    run_module('sk_lookup_program', dict(target, content=harness.render_dispatch(max_bindings=4)))
+    base = {'instance': target['instance'], 'bpffs': target['bpffs'], 'exclusive': True}
+    old = [{'label': 'a', 'protocol': 'tcp', 'prefix': '10.0.0.%d' % i, 'port': 80} for i in range(4)]
+    new = [{'label': 'a', 'protocol': 'tcp', 'prefix': '10.0.1.%d' % i, 'port': 80} for i in range(4)]
+    run_module('sk_lookup_binding', dict(base, bindings=old))
+    out = run_module('sk_lookup_binding', dict(base, bindings=new))
+    assert out['changed'] and len(out['added']) == 4 and len(out['removed']) == 4
+    info = run_module('sk_lookup_info', {'instance': target['instance'], 'bpffs': target['bpffs']})
+    assert [b['prefix'] for b in info['bindings']] == ['10.0.1.%d/32' % i for i in range(4)]
+    # both tables hold the new set: replacing it back works too
+    assert run_module('sk_lookup_binding', dict(base, bindings=old))['changed']
