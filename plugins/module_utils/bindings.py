@@ -21,13 +21,20 @@ PROTOCOLS = {'tcp': socket.IPPROTO_TCP, 'udp': socket.IPPROTO_UDP}
 PROTOCOL_NAMES = dict((v, k) for k, v in PROTOCOLS.items())
 FAMILIES = {4: socket.AF_INET, 6: socket.AF_INET6}
 FAMILY_NAMES = {socket.AF_INET: 'ipv4', socket.AF_INET6: 'ipv6'}
-KEY_HEADER_BITS = 32
 
-# struct binding_key: u32 prefixlen, u8 protocol, u8 family, u16 port (BE), u8 addr[16]
-_KEY = struct.Struct('=IBB2s16s')
-_VALUE = struct.Struct('=II')
+# struct binding_key: u8 protocol, u8 family, u16 port (BE), u32 prefixlen, u8 addr[16] (masked)
+_KEY = struct.Struct('=BB2sI16s')
+# the value: u32 destination id
+_VALUE = struct.Struct('=I')
 KEY_SIZE = _KEY.size
 VALUE_SIZE = _VALUE.size
+
+# struct length_set: u32 count, u8 length[129], u8 kinds[129], padding to 4 bytes
+MAX_LENGTHS = 129
+_LENGTH_SET = struct.Struct('=I%ds%ds2x' % (MAX_LENGTHS, MAX_LENGTHS))
+LENGTH_SET_SIZE = _LENGTH_SET.size
+HAS_PORT = 1
+HAS_ANY_PORT = 2
 
 
 class BindingError(ValueError):
@@ -225,15 +232,13 @@ def parse_bindings(entries, require_label=True):
 
 
 def encode_key(protocol, network, port):
-    addr = network.packed
-    return _KEY.pack(KEY_HEADER_BITS + network.prefixlen, PROTOCOLS[protocol],
-                     FAMILIES[network.version], struct.pack('>H', port), addr.ljust(16, b'\0'))
+    return _KEY.pack(PROTOCOLS[protocol], FAMILIES[network.version], struct.pack('>H', port),
+                     network.prefixlen, network.packed.ljust(16, b'\0'))
 
 
 def decode_key(raw):
     """Inverse of encode_key: (protocol, network, port)."""
-    prefixlen, proto, family, port, addr = _KEY.unpack(raw)
-    plen = prefixlen - KEY_HEADER_BITS
+    proto, family, port, plen, addr = _KEY.unpack(raw)
     if family == socket.AF_INET:
         network = Prefix(4, addr[:4], plen)
     else:
@@ -241,12 +246,48 @@ def decode_key(raw):
     return PROTOCOL_NAMES.get(proto, str(proto)), network, struct.unpack('>H', port)[0]
 
 
-def encode_value(dest_id, network):
-    return _VALUE.pack(dest_id, network.prefixlen)
+def encode_value(dest_id):
+    return _VALUE.pack(dest_id)
 
 
 def decode_value(raw):
-    return _VALUE.unpack(raw)
+    """The destination id a binding sends to."""
+    return _VALUE.unpack(raw)[0]
+
+
+def length_set_index(table, protocol, version):
+    """Where the program finds the prefix lengths of one table for one protocol and family."""
+    return table * 4 + (2 if protocol == 'udp' else 0) + (1 if version == 6 else 0)
+
+
+def length_sets(matches):
+    """The prefix lengths a set of bindings uses, as the program walks them.
+
+    ``matches`` is an iterable of (protocol, network, port). Returns
+    {(protocol, version): [(prefixlen, kinds), ...]} longest first, where
+    kinds has HAS_PORT if some binding of that length names a port and
+    HAS_ANY_PORT if some has port 0. The program tries exactly these
+    lookups, so a missing length would hide bindings and an extra one
+    only costs a lookup.
+    """
+    kinds = {}
+    for protocol, network, port in matches:
+        per = kinds.setdefault((protocol, network.version), {})
+        per[network.prefixlen] = per.get(network.prefixlen, 0) | (HAS_ANY_PORT if port == 0 else HAS_PORT)
+    return dict((combo, sorted(per.items(), reverse=True)) for combo, per in kinds.items())
+
+
+def encode_length_set(entries):
+    """struct length_set for one [(prefixlen, kinds), ...] list, longest first."""
+    if len(entries) > MAX_LENGTHS:
+        raise ValueError('%d prefix lengths, at most %d exist' % (len(entries), MAX_LENGTHS))
+    return _LENGTH_SET.pack(len(entries), bytes(plen for plen, _k in entries),
+                            bytes(k for _p, k in entries))
+
+
+def decode_length_set(raw):
+    count, lengths, kinds = _LENGTH_SET.unpack(raw)
+    return list(zip(lengths[:count], kinds[:count]))
 
 
 def select(bindings, protocol, address, port):

@@ -6,16 +6,19 @@
 Every module and the info module go through :class:`Dispatcher`; nothing is
 stored anywhere but the kernel. Pins live under ``<bpffs>/sk_lookup/<instance>/``:
 
-=============  ===========================================================
-link           BPF link attaching the program to a network namespace
-bindings_0/1   LPM tries (protocol, family, port, prefix) -> destination id
-active_table   which of the two tries the program reads (flipped atomically)
-sockets        SOCKMAP destination id -> socket
-metrics        per-CPU counters per destination id
-destinations   (label, family, protocol) -> destination id
-meta           source sha256, format, missing_socket policy
-protected      the compiled-in protected rules, for reporting and checks
-=============  ===========================================================
+==============  ==========================================================
+link            BPF link attaching the program to a network namespace
+bindings        array of two hash tables (protocol, family, port, prefix
+                length, masked prefix) -> destination id; the tables are
+                inner maps, reached through this array, not pinned
+prefix_lengths  per table, protocol and family: the prefix lengths in use
+active_table    which of the two tables the program reads (flipped atomically)
+sockets         SOCKMAP destination id -> socket
+metrics         per-CPU counters per destination id
+destinations    (label, family, protocol) -> destination id
+meta            source sha256, format, missing_socket policy, max_bindings
+protected       the compiled-in protected rules, for reporting and checks
+==============  ==========================================================
 """
 
 from __future__ import absolute_import, division, print_function
@@ -40,14 +43,16 @@ PIN_SUBDIR = 'sk_lookup'
 LINK_PIN = 'link'
 BPF_FS_MAGIC = 0xcafe4a11
 LOCK_DIR = '/run/lock/bpfsteer-sk_lookup'
-FORMAT = 1
+# Layout of the pinned maps; bumped whenever an instance made by an older
+# layout cannot be read or upgraded in place.
+FORMAT = 2
 # How long a program that read the old active_table may still be using it.
 FLIP_GRACE_SECONDS = 0.05
 
 # Maps the dispatch program itself references: name -> (type, key size, value size).
 PROGRAM_MAPS = {
-    'bindings_0': (bpf.BPF_MAP_TYPE_LPM_TRIE, bnd.KEY_SIZE, bnd.VALUE_SIZE),
-    'bindings_1': (bpf.BPF_MAP_TYPE_LPM_TRIE, bnd.KEY_SIZE, bnd.VALUE_SIZE),
+    'bindings': (bpf.BPF_MAP_TYPE_ARRAY_OF_MAPS, 4, 4),
+    'prefix_lengths': (bpf.BPF_MAP_TYPE_ARRAY, 4, bnd.LENGTH_SET_SIZE),
     'active_table': (bpf.BPF_MAP_TYPE_ARRAY, 4, 4),
     'sockets': (bpf.BPF_MAP_TYPE_SOCKMAP, 4, 8),
     'metrics': (bpf.BPF_MAP_TYPE_PERCPU_ARRAY, 4, 24),
@@ -55,11 +60,14 @@ PROGRAM_MAPS = {
 
 # struct dest_key { char label[64]; u8 family; u8 protocol; u16 pad; }
 _DEST_KEY = struct.Struct('=64sBBH')
-# struct meta { u8 sha256[32]; u32 format; u32 missing_socket; }
-_META = struct.Struct('=32sII')
+# struct meta { u8 sha256[32]; u32 format; u32 missing_socket; u32 max_bindings; }
+_META = struct.Struct('=32sIII')
 MISSING_SOCKET = {'drop': 0, 'pass': 1, 'unknown': 0xff}
 MISSING_SOCKET_NAMES = dict((v, k) for k, v in MISSING_SOCKET.items())
 PROTECTED_MAX = 256
+# Smallest size of a bindings table; a table is sized to a power of two with
+# room for a quarter more than it holds, and rebuilt when it leaves that band.
+TABLE_MIN = 64
 
 
 class DispatcherError(Exception):
@@ -233,10 +241,7 @@ class Dispatcher(object):
         return result
 
     def meta(self):
-        raw = bpf.map_lookup(self.fds['meta'], struct.pack('=I', 0), _META.size)
-        sha, fmt, missing = _META.unpack(raw)
-        return {'source_sha256': sha.hex() if any(sha) else None, 'format': fmt,
-                'missing_socket': MISSING_SOCKET_NAMES.get(missing, 'unknown')}
+        return read_meta(self.fds['meta'])
 
     def protected(self):
         rules = []
@@ -248,7 +253,7 @@ class Dispatcher(object):
     # -- capacity
     @property
     def max_bindings(self):
-        return self.specs['bindings_0'].max_entries
+        return self.meta()['max_bindings']
 
     @property
     def max_destinations(self):
@@ -333,9 +338,52 @@ class Dispatcher(object):
         raw = bpf.map_lookup(self.fds['active_table'], struct.pack('=I', 0), 4)
         return 1 if struct.unpack('=I', raw)[0] else 0
 
-    def _table_raw(self, index):
-        fd = self.fds['bindings_%d' % index]
-        return dict(bpf.map_items(fd, bnd.KEY_SIZE, bnd.VALUE_SIZE, self.max_bindings))
+    def _table(self, index, create=True):
+        """An FD of bindings table ``index``. An empty slot (only before the first load
+        finished) gets an empty table, or None with create=False."""
+        raw = bpf.map_lookup(self.fds['bindings'], struct.pack('=I', index), 4)
+        if raw is None:
+            return self._install_table(index, [], []) if create else None
+        return bpf.map_get_fd_by_id(struct.unpack('=I', raw)[0])
+
+    def _install_table(self, index, keys, values):
+        """Put a new table holding exactly keys/values into slot ``index``; return its FD.
+
+        Only ever done to the idle table, or to a slot no lookup has reached yet.
+        """
+        capacity = table_capacity(len(keys), self.max_bindings)
+        while True:
+            fd = bpf.map_create(bpf.BPF_MAP_TYPE_HASH, 'binding_table', bnd.KEY_SIZE, bnd.VALUE_SIZE,
+                                capacity, bpf.BPF_F_NO_PREALLOC)
+            try:
+                if keys:
+                    bpf.map_update_batch(fd, keys, values, bnd.KEY_SIZE, bnd.VALUE_SIZE)
+                bpf.map_update(self.fds['bindings'], struct.pack('=I', index), struct.pack('=I', int(fd)))
+                return fd
+            except bpf.BPFError as exc:
+                fd.close()
+                if exc.errno != errno.EINVAL or capacity == self.max_bindings:
+                    raise
+            # Before Linux 5.10 an inner map must have exactly the template's
+            # size, max_bindings: such kernels get full-size tables.
+            capacity = self.max_bindings
+
+    def _table_raw(self, index, fd=None):
+        if fd is None:
+            fd = self._table(index, create=False)
+            if fd is None:
+                return {}
+            with fd:
+                return self._table_raw(index, fd)
+        return dict(bpf.map_items(fd, bnd.KEY_SIZE, bnd.VALUE_SIZE, bpf.map_info(fd).max_entries))
+
+    def table_capacity(self):
+        """How many entries the table the program reads now has room for."""
+        fd = self._table(self.active_index(), create=False)
+        if fd is None:
+            return 0
+        with fd:
+            return bpf.map_info(fd).max_entries
 
     def bindings(self, index=None):
         """The bindings the program reads now: {match: Binding}."""
@@ -344,7 +392,7 @@ class Dispatcher(object):
         out = {}
         for key, value in self._table_raw(index).items():
             protocol, network, port = bnd.decode_key(key)
-            dest_id = bnd.decode_value(value)[0]
+            dest_id = bnd.decode_value(value)
             label = labels.get(dest_id, '<unknown destination %d>' % dest_id)
             out[(protocol, network, port)] = bnd.Binding(protocol, network, port, label)
         return out
@@ -365,34 +413,74 @@ class Dispatcher(object):
         for binding in desired.values():
             dest_id = self.ensure_destination(binding.label, binding.family, binding.protocol, existing)
             used.add(dest_id)
-            want[binding.to_key()] = bnd.encode_value(dest_id, binding.network)
+            want[binding.to_key()] = bnd.encode_value(dest_id)
+        lengths = bnd.length_sets(desired)
         active = self.active_index()
         idle = 1 - active
-        self._sync_table(idle, want)
+        self._sync_table(idle, want, lengths)
         bpf.map_update(self.fds['active_table'], struct.pack('=I', 0), struct.pack('=I', idle))
         time.sleep(FLIP_GRACE_SECONDS)
-        self._sync_table(active, want)
+        self._sync_table(active, want, lengths)
         self.drop_unused_destinations(used)
 
-    def _sync_table(self, index, want):
-        fd = self.fds['bindings_%d' % index]
-        have = self._table_raw(index)
-        stale = [k for k in have if k not in want]
-        write = [(k, v) for k, v in want.items() if have.get(k) != v]
-        # Delete first: the table is idle (no lookup reads it), and writing first would need
-        # room for the old and the new set at once (ENOSPC near max_bindings).
-        if stale:
-            bpf.map_delete_batch(fd, stale, bnd.KEY_SIZE)
-        if write:
-            bpf.map_update_batch(fd, [k for k, _v in write], [v for _k, v in write],
-                                 bnd.KEY_SIZE, bnd.VALUE_SIZE)
+    def _sync_table(self, index, want, lengths):
+        """Bring idle table ``index`` and its prefix lengths to ``want``."""
+        with self._table(index) as fd:
+            capacity = bpf.map_info(fd).max_entries
+            if table_fits(len(want), capacity, self.max_bindings):
+                have = self._table_raw(index, fd)
+                stale = [k for k in have if k not in want]
+                write = [(k, v) for k, v in want.items() if have.get(k) != v]
+                # Delete first: writing first would need room for the old and the
+                # new set at once (E2BIG near the table's capacity).
+                if stale:
+                    bpf.map_delete_batch(fd, stale, bnd.KEY_SIZE)
+                if write:
+                    bpf.map_update_batch(fd, [k for k, _v in write], [v for _k, v in write],
+                                         bnd.KEY_SIZE, bnd.VALUE_SIZE)
+            else:
+                # Resized: a fresh table, filled before it goes into the slot.
+                self._install_table(index, list(want), list(want.values())).close()
+        for protocol in bnd.PROTOCOLS:
+            for version in (4, 6):
+                slot = bnd.length_set_index(index, protocol, version)
+                bpf.map_update(self.fds['prefix_lengths'], struct.pack('=I', slot),
+                               bnd.encode_length_set(lengths.get((protocol, version), [])))
 
     def used_destination_ids(self):
         ids = set()
         for index in (0, 1):
             for value in self._table_raw(index).values():
-                ids.add(bnd.decode_value(value)[0])
+                ids.add(bnd.decode_value(value))
         return ids
+
+
+def table_capacity(count, max_bindings):
+    """Entries to size a table holding ``count`` bindings for."""
+    capacity = TABLE_MIN
+    while capacity < count + count // 4:
+        capacity *= 2
+    return min(capacity, max_bindings)
+
+
+def table_fits(count, capacity, max_bindings):
+    """Whether a table of ``capacity`` should keep holding ``count`` bindings.
+
+    It must have room. It is shrunk once it is more than four times the size
+    it would be built at, so memory follows the set without a rebuild on
+    every change; a table at max_bindings is kept (kernels before 5.10 only
+    accept inner maps of that size).
+    """
+    if count > capacity:
+        return False
+    return capacity == max_bindings or capacity <= 4 * table_capacity(count, max_bindings)
+
+
+def read_meta(fd):
+    raw = bpf.map_lookup(fd, struct.pack('=I', 0), _META.size)
+    sha, fmt, missing, max_bindings = _META.unpack(raw)
+    return {'source_sha256': sha.hex() if any(sha) else None, 'format': fmt,
+            'missing_socket': MISSING_SOCKET_NAMES.get(missing, 'unknown'), 'max_bindings': max_bindings}
 
 
 def open_pins(pin_dir):
@@ -421,6 +509,19 @@ def open_dispatcher(pin_dir):
         for fd in fds.values():
             fd.close()
         return None
+    fmt = None
+    if 'meta' in fds:
+        try:
+            fmt = struct.unpack_from('=I', bpf.map_lookup(fds['meta'], struct.pack('=I', 0),
+                                                          bpf.map_info(fds['meta']).value_size), 32)[0]
+        except (bpf.BPFError, struct.error, TypeError):
+            fmt = None
+    if fmt is not None and fmt != FORMAT:
+        for fd in fds.values():
+            fd.close()
+        raise DispatcherError('instance at %s was made by another version of bpfsteer.sk_lookup (pin '
+                              'format %d; this version reads format %d); remove it with state=absent and '
+                              'load it again' % (pin_dir, fmt, FORMAT))
     missing = [n for n in list(PROGRAM_MAPS) + ['destinations', 'meta', 'protected'] if n not in fds]
     if missing:
         for fd in fds.values():
@@ -440,7 +541,7 @@ def snapshot(pin_dir):
         bindings = sorted(disp.bindings().values(), key=bnd.sort_key)
         program = disp.program()
         program.update({'max_bindings': disp.max_bindings, 'max_destinations': disp.max_destinations,
-                        'active_table': disp.active_index()})
+                        'active_table': disp.active_index(), 'table_capacity': disp.table_capacity()})
         return {
             'loaded': True,
             'pin_dir': pin_dir,
@@ -507,7 +608,8 @@ def plan_program(pin_dir, netns_ino, sha):
 
 def _write_meta(fds, sha, manifest):
     missing = MISSING_SOCKET.get(manifest.get('missing_socket', 'unknown'), MISSING_SOCKET['unknown'])
-    bpf.map_update(fds['meta'], struct.pack('=I', 0), _META.pack(bytes.fromhex(sha), FORMAT, missing))
+    bpf.map_update(fds['meta'], struct.pack('=I', 0),
+                   _META.pack(bytes.fromhex(sha), FORMAT, missing, manifest['max_bindings']))
     rules = bnd.parse_protected(manifest['protected'])
     want = set(bnd.encode_key(p, n, port) for p, n, port in rules)
     for key in bpf.map_keys(fds['protected'], bnd.KEY_SIZE):
@@ -532,6 +634,10 @@ def install(pin_dir, netns_path, source, plan, disp, check_mode=False):
         bnd.parse_protected(manifest['protected'])
     except bnd.BindingError as exc:
         raise DispatcherError('the source declares an invalid protected rule: %s' % exc)
+    if manifest.get('format', str(FORMAT)) != str(FORMAT):
+        raise DispatcherError('the source declares bpfsteer:format=%s; this version of the collection '
+                              'loads format %d: render it from this version\'s bpf/dispatch.c.j2'
+                              % (manifest['format'], FORMAT))
     try:
         compiled = compiler.compile_source(source)
     except compiler.CompileError as exc:
@@ -545,6 +651,14 @@ def install(pin_dir, netns_path, source, plan, disp, check_mode=False):
         problems = _contract_problems(compiled)
         if problems:
             raise DispatcherError('the source is not a bpfsteer dispatch program: %s' % '; '.join(problems))
+        try:
+            manifest['max_bindings'] = int(manifest.get('max_bindings', ''))
+            if not 1 <= manifest['max_bindings'] <= 0xffffffff:
+                raise ValueError
+        except ValueError:
+            raise DispatcherError('the source declares bpfsteer:max_bindings=%r, which must be a positive '
+                                  'integer (render the source from bpf/dispatch.c.j2)'
+                                  % manifest.get('max_bindings', '(nothing)'))
         existing = disp.fds if disp is not None else {}
         fds = {}
         diffs = []
@@ -566,6 +680,9 @@ def install(pin_dir, netns_path, source, plan, disp, check_mode=False):
                 fd = bpf.map_create(mtype, name, ksize, vsize, max_entries, flags)
                 created.append(fd)
                 fds[name] = new_pins[name] = fd
+        if disp is not None and disp.max_bindings != manifest['max_bindings']:
+            diffs.append('max_bindings %d in the new source, %d in the loaded instance'
+                         % (manifest['max_bindings'], disp.max_bindings))
         if diffs:
             raise DispatcherError('the new source is incompatible with the maps of the loaded instance, '
                                   'which an in-place upgrade keeps: %s. Nothing was changed; to change map '
@@ -589,6 +706,13 @@ def install(pin_dir, netns_path, source, plan, disp, check_mode=False):
                 bpf.obj_pin(fd, os.path.join(pin_dir, name))
             bpf.link_update(disp.fds[LINK_PIN], prog_fd)
         else:
+            if plan.action == 'load':
+                # Empty tables before the program can run: it reads them from its first lookup.
+                bpf.map_update(fds['active_table'], struct.pack('=I', 0), struct.pack('=I', 0))
+                _write_meta(fds, sha, manifest)
+                fresh = Dispatcher(pin_dir, dict((k, v) for k, v in fds.items()))
+                for index in (0, 1):
+                    fresh._sync_table(index, {}, {})
             netns_fd = os.open(netns_path, os.O_RDONLY)
             try:
                 link_fd = bpf.link_create(prog_fd, netns_fd, bpf.BPF_SK_LOOKUP)
@@ -605,8 +729,6 @@ def install(pin_dir, netns_path, source, plan, disp, check_mode=False):
                 os.mkdir(staging, 0o700)
                 for name, fd in new_pins.items():
                     bpf.obj_pin(fd, os.path.join(staging, name))
-                bpf.map_update(fds['active_table'], struct.pack('=I', 0), struct.pack('=I', 0))
-                _write_meta(fds, sha, manifest)
                 bpf.obj_pin(link_fd, os.path.join(staging, LINK_PIN))
                 os.rename(staging, pin_dir)
                 staging = None

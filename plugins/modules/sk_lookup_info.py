@@ -93,7 +93,13 @@ program:
       description: What the program does with a matched packet whose destination has no socket.
       type: str
     max_bindings:
-      description: Capacity of the bindings table.
+      description: Most bindings the instance may hold (the template's C(max_bindings)).
+      type: int
+    table_capacity:
+      description:
+        - Entries the bindings table the program reads has room for now.
+        - Tables are sized to the set they hold (a power of two with a quarter of headroom, at least 64,
+          at most O(max_bindings)) and rebuilt when the set outgrows them or shrinks to a quarter.
       type: int
     max_destinations:
       description: Capacity of the sockets and metrics maps.
@@ -114,9 +120,10 @@ program:
     link_id: 90
     missing_socket: drop
     max_bindings: 1000000
+    table_capacity: 64
     max_destinations: 1024
     active_table: 0
-    format: 1
+    format: 2
 bindings:
   description: Every binding the program reads now, normalised.
   returned: always

@@ -120,6 +120,47 @@ def test_ipv6_any_never_catches_ipv4(world):
     assert [answers[c] for c in cases] == ['normal', 'normal', 'normal', 'a', 'a']
 
 
+def test_every_prefix_length_longest_wins(world):
+    """A binding at each of the 33 IPv4 and 129 IPv6 lengths around one address, the labels
+    alternating by length: an address sharing its first L bits with it must reach the label of /L.
+    This is the program's longest walk, and 324 bindings make the table grow past its first size."""
+    ns, target = world
+    base4, base6 = '10.0.0.77', '2001:db8::77'
+    label = {0: 'a', 1: 'b'}
+    entries = []
+    for proto in ('tcp', 'udp'):
+        entries += [{'label': label[plen % 2], 'protocol': proto, 'prefix': '%s/%d' % (base4, plen), 'port': 5555}
+                    for plen in range(33)]
+        entries += [{'label': label[plen % 2], 'protocol': proto, 'prefix': '%s/%d' % (base6, plen), 'port': 5555}
+                    for plen in range(129)]
+    apply(target, entries, return_bindings=False)
+
+    def common_bits(a, b):
+        x, y = int(ipaddress.ip_address(a)), int(ipaddress.ip_address(b))
+        bits = 32 if ipaddress.ip_address(a).version == 4 else 128
+        return bits - (x ^ y).bit_length()
+
+    probes = ['10.0.0.77', '10.0.0.76', '10.0.0.79', '10.0.0.69', '10.0.0.93', '10.0.1.77', '10.0.255.1',
+              '127.0.0.1', '2001:db8::77', '2001:db8::76', '2001:db8::79', '2001:db8::69', '2001:db8::5d',
+              '2001:db8::1:77', '2001:db8::8000:0:0:77', '::1', '192.0.2.1', 'fd00::1']
+    ns.add_local_route('192.0.2.0/24')     # first bit differs from 10.0.0.77: only /0 matches
+    ns.add_local_route('fd00::/64')
+    cases = [(proto, addr, 5555) for proto in ('tcp', 'udp') for addr in probes]
+    expected = [label[common_bits(addr, base4 if '.' in addr else base6) % 2] for _p, addr, _port in cases]
+    assert sorted(set(common_bits(a, base4 if '.' in a else base6) for a in probes)) == \
+        [0, 1, 2, 16, 23, 27, 28, 30, 31, 32, 64, 111, 122, 123, 124, 127, 128]
+    answers = harness.probe_many(ns, cases)
+    got = [answers[c] for c in cases]
+    assert got == expected, [(c, g, e) for c, g, e in zip(cases, got, expected) if g != e]
+
+    info = run_module('sk_lookup_info', {'instance': target['instance'], 'bpffs': target['bpffs']})
+    assert len(info['bindings']) == 324
+    assert info['program']['table_capacity'] == 512      # 324 plus a quarter, rounded up to a power of 2
+    apply(target, entries[:2])
+    info = run_module('sk_lookup_info', {'instance': target['instance'], 'bpffs': target['bpffs']})
+    assert len(info['bindings']) == 2 and info['program']['table_capacity'] == 64   # shrunk back
+
+
 def test_missing_socket_pass_reaches_normal_listener(world):
     ns, target = world
     apply(target, [{'label': 'ghost', 'protocol': p, 'prefix': pre, 'port': 90}

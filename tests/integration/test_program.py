@@ -23,7 +23,7 @@ def test_four_steps_check_load_repeat(target, source):
     # check mode verified the same program the real run loaded
     assert check['diff']['after']['program_tag'] == real['program']['program_tag']
     assert sorted(os.listdir(pin_dir(target))) == sorted(
-        ['link', 'bindings_0', 'bindings_1', 'active_table', 'sockets', 'metrics', 'destinations',
+        ['link', 'bindings', 'prefix_lengths', 'active_table', 'sockets', 'metrics', 'destinations',
          'meta', 'protected'])
 
     again = run_module('sk_lookup_program', args, diff=True)
@@ -263,7 +263,7 @@ def test_error_compile_shows_compiler_message(target):
 def test_error_not_a_dispatch_program(target):
     src = '#include <uapi/linux/bpf.h>\nint dispatch(struct bpf_sk_lookup *ctx) { return SK_PASS; }\n'
     out = run_module('sk_lookup_program', dict(target, content=src), expect_failure=True)
-    assert 'not a bpfsteer dispatch program' in out['msg'] and 'map bindings_0 is not defined' in out['msg']
+    assert 'not a bpfsteer dispatch program' in out['msg'] and 'map bindings is not defined' in out['msg']
     assert not os.path.exists(pin_dir(target))
 
 

@@ -112,7 +112,7 @@ def test_protection_full_partial_none():
 
 
 def test_manifest_round_trips_through_the_template_header():
-    src = ('/* x\n * bpfsteer:format=1\n * bpfsteer:missing_socket=pass\n'
+    src = ('/* x\n * bpfsteer:format=2\n * bpfsteer:missing_socket=pass\n'
            ' * bpfsteer:protected=tcp 0.0.0.0/0 22\n */\n')
     m = dispatcher.parse_manifest(src)
     assert m['missing_socket'] == 'pass'
@@ -146,3 +146,85 @@ def test_prefix_relations():
     assert p('10.0.0.0/8').overlaps(p('10.1.2.3/32')) and not p('10.0.0.0/8').overlaps(p('11.0.0.0/8'))
     assert not p('::/0').overlaps(p('0.0.0.0/0'))
     assert p('10.0.0.0/8') == p('10.9.9.9/8') and len({p('10.0.0.0/8'), p('10.9.9.9/8')}) == 1
+
+
+# --- the data plane's layout --------------------------------------------------
+
+def test_key_round_trips_and_masks_nothing_itself():
+    for protocol, prefix, port in (('tcp', '192.0.2.0/24', 443), ('udp', '2001:db8::/32', 0),
+                                   ('tcp', '0.0.0.0/0', 0), ('udp', '::/0', 53), ('tcp', '10.1.2.3', 65535)):
+        net = b.parse_prefix(prefix)
+        raw = b.encode_key(protocol, net, port)
+        assert len(raw) == b.KEY_SIZE == 24
+        assert b.decode_key(raw) == (protocol, net, port)
+    # IPv4 0.0.0.0/0 and IPv6 ::/0 share prefix bits and length; the family keeps them apart
+    assert b.encode_key('tcp', b.parse_prefix('0.0.0.0/0'), 0) != b.encode_key('tcp', b.parse_prefix('::/0'), 0)
+
+
+def test_length_sets_longest_first_with_port_kinds():
+    matches = [('tcp', b.parse_prefix(p), port) for p, port in
+               (('10.0.0.0/8', 0), ('10.1.0.0/16', 80), ('10.1.0.0/16', 0), ('10.1.2.3', 443), ('10.9.0.0/16', 22))]
+    matches.append(('udp', b.parse_prefix('2001:db8::/64'), 53))
+    sets = b.length_sets(matches)
+    assert sets == {('tcp', 4): [(32, b.HAS_PORT), (16, b.HAS_PORT | b.HAS_ANY_PORT), (8, b.HAS_ANY_PORT)],
+                    ('udp', 6): [(64, b.HAS_PORT)]}
+    raw = b.encode_length_set(sets[('tcp', 4)])
+    assert len(raw) == b.LENGTH_SET_SIZE == 264
+    assert b.decode_length_set(raw) == sets[('tcp', 4)]
+    every = [(plen, b.HAS_PORT) for plen in range(128, -1, -1)]
+    assert b.decode_length_set(b.encode_length_set(every)) == every
+    assert [b.length_set_index(t, p, v) for t in (0, 1) for p in ('tcp', 'udp') for v in (4, 6)] == list(range(8))
+
+
+def _program_walk(table, sets, protocol, address, port):
+    """The dispatch program's lookup loop, step for step, over a dict table."""
+    packed = b.parse_address(address)
+    version = 4 if len(packed) == 4 else 6
+    for plen, kinds in sets.get((protocol, version), []):
+        net = b.Prefix.masked(version, packed, plen)
+        for wanted, bit in ((port, b.HAS_PORT), (0, b.HAS_ANY_PORT)):
+            if kinds & bit:
+                hit = table.get(b.encode_key(protocol, net, wanted))
+                if hit is not None:
+                    return hit
+    return None
+
+
+def test_program_walk_agrees_with_the_precedence_model():
+    import random
+    rng = random.Random(7)
+    for _round in range(40):
+        bindings = {}
+        for i in range(rng.randint(1, 30)):
+            version = rng.choice((4, 6))
+            bits = 32 if version == 4 else 128
+            base = '10.%d.%d.%d' % (rng.randint(0, 1), rng.randint(0, 3), rng.randint(0, 255)) \
+                if version == 4 else '2001:db8:%x::%x' % (rng.randint(0, 1), rng.randint(0, 255))
+            prefix = '%s/%d' % (base, rng.choice([0, 8, 15, 16, 23, 24, 30, bits]))
+            entry = {'label': 'l%d' % i, 'protocol': rng.choice(('tcp', 'udp')), 'prefix': prefix,
+                     'port': rng.choice((0, 0, 53, 80, 443))}
+            binding = b.parse_binding(entry)
+            bindings.setdefault(binding.match, binding)
+        table = dict((m.to_key(), m.label) for m in bindings.values())
+        sets = b.length_sets(bindings)
+        for _probe in range(60):
+            protocol = rng.choice(('tcp', 'udp'))
+            address = rng.choice(('10.%d.%d.%d' % (rng.randint(0, 1), rng.randint(0, 3), rng.randint(0, 255)),
+                                  '2001:db8:%x::%x' % (rng.randint(0, 1), rng.randint(0, 255)), '192.0.2.1'))
+            port = rng.choice((53, 80, 443, 8080))
+            model = b.select(bindings.values(), protocol, address, port)
+            assert _program_walk(table, sets, protocol, address, port) == (model.label if model else None), \
+                (protocol, address, port, sorted(map(str, bindings.values())))
+
+
+def test_table_sizes_follow_the_set():
+    assert dispatcher.table_capacity(0, 10 ** 6) == dispatcher.TABLE_MIN
+    assert dispatcher.table_capacity(100000, 10 ** 6) == 131072
+    assert dispatcher.table_capacity(110000, 10 ** 6) == 262144       # a quarter of headroom
+    assert dispatcher.table_capacity(900000, 10 ** 6) == 10 ** 6      # never above max_bindings
+    assert dispatcher.table_capacity(10, 16) == 16
+    assert not dispatcher.table_fits(65, 64, 10 ** 6)                 # full: grow
+    assert dispatcher.table_fits(5000, 8192, 10 ** 6)
+    assert dispatcher.table_fits(10, 256, 10 ** 6)                    # 4x the fresh size: keep
+    assert not dispatcher.table_fits(10, 512, 10 ** 6)                # more: shrink
+    assert dispatcher.table_fits(10, 10 ** 6, 10 ** 6)                # full size stays (pre-5.10 kernels)
