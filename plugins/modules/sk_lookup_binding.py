@@ -74,8 +74,16 @@ options:
     description:
       - Return every binding of the instance after the call in RV(bindings).
       - With hundreds of thousands of bindings the list is tens of megabytes per host, which costs
-        more than applying them; set V(false) and rely on RV(count), RV(added), RV(removed) and
-        RV(changed_labels), or read the state with M(bpfsteer.sk_lookup.sk_lookup_info).
+        more than applying them; set V(false) and rely on RV(count) and RV(summary), or read the
+        state with M(bpfsteer.sk_lookup.sk_lookup_info).
+    type: bool
+    default: true
+  return_changes:
+    description:
+      - Return the lists RV(added), RV(removed) and RV(changed_labels).
+      - A first apply of 100,000 bindings lists all of them in RV(added), several megabytes per host
+        that Ansible must carry; with V(false) the lists are left out and RV(summary) still counts
+        every change. Diff mode shows the changes either way.
     type: bool
     default: true
   state:
@@ -127,20 +135,20 @@ EXAMPLES = r'''
 RETURN = r'''
 added:
   description: Bindings added (or that check mode would add).
-  returned: always
+  returned: when O(return_changes=true)
   type: list
   elements: dict
   sample:
     - {protocol: tcp, prefix: 192.0.2.0/24, port: 443, label: web}
 removed:
   description: Bindings removed.
-  returned: always
+  returned: when O(return_changes=true)
   type: list
   elements: dict
   sample: []
 changed_labels:
   description: Bindings that now point at another label.
-  returned: always
+  returned: when O(return_changes=true)
   type: list
   elements: dict
   contains:
@@ -173,6 +181,21 @@ count:
   returned: always
   type: int
   sample: 1
+summary:
+  description: How many bindings were (or in check mode would be) added, removed and relabelled.
+  returned: always
+  type: dict
+  contains:
+    added:
+      description: Number of bindings added.
+      type: int
+    removed:
+      description: Number of bindings removed.
+      type: int
+    changed_labels:
+      description: Number of bindings that now point at another label.
+      type: int
+  sample: {added: 1, removed: 0, changed_labels: 0}
 '''
 
 import json
@@ -270,6 +293,7 @@ def main():
             bindings=dict(type='raw'),
             exclusive=dict(type='bool', default=False),
             return_bindings=dict(type='bool', default=True),
+            return_changes=dict(type='bool', default=True),
             state=dict(type='str', default='present', choices=['present', 'absent']),
         ),
         mutually_exclusive=[('bindings', k) for k in SINGLE],
@@ -297,12 +321,17 @@ def main():
                     % (bnd.format_match(binding.protocol, binding.network, binding.port), binding.label))
     result = dict(
         changed=change.changed,
-        added=[b.as_dict() for b in bnd.sort_bindings(change.added)],
-        removed=[b.as_dict() for b in bnd.sort_bindings(change.removed)],
-        changed_labels=[dict(new.as_dict(), old_label=old.label)
-                        for old, new in sorted(change.relabeled, key=lambda pair: bnd.sort_key(pair[1]))],
         count=len(change.desired),
+        summary=dict(added=len(change.added), removed=len(change.removed),
+                     changed_labels=len(change.relabeled)),
     )
+    if module.params['return_changes']:
+        result.update(
+            added=[b.as_dict() for b in bnd.sort_bindings(change.added)],
+            removed=[b.as_dict() for b in bnd.sort_bindings(change.removed)],
+            changed_labels=[dict(new.as_dict(), old_label=old.label)
+                            for old, new in sorted(change.relabeled, key=lambda pair: bnd.sort_key(pair[1]))],
+        )
     if module.params['return_bindings']:
         result['bindings'] = [b.as_dict() for b in bnd.sort_bindings(change.desired.values())]
     if module._diff:

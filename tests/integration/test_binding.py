@@ -269,6 +269,9 @@ def test_set_four_steps_and_merge(loaded):
         module_task('sk_lookup_binding', args, name='repeat check', check_mode=True),
         module_task('sk_lookup_binding', dict(base, bindings=[
             {'label': 'ntp', 'protocol': 'udp', 'prefix': '192.0.2.1', 'port': 123}]), name='merge'),
+        module_task('sk_lookup_binding', dict(base, bindings=[{'label': 'ntp2', 'protocol': 'udp', 'prefix': '192.0.2.1',
+                                                              'port': 123}], return_changes=False,
+                                              return_bindings=False), name='counts only'),
         module_task('sk_lookup_binding', dict(base, bindings=[], exclusive=True), name='clear', diff=True),
     ]), expect_rc=0)
     check, real = steps.by_name('check'), steps.by_name('real')
@@ -277,8 +280,13 @@ def test_set_four_steps_and_merge(loaded):
                                       'udp 192.0.2.0/24:53 -> dns\n'
                                       'udp [2001:db8::/32]:53 -> dns\n')
     assert not steps.by_name('repeat')['changed'] and not steps.by_name('repeat check')['changed']
+    assert real['summary'] == {'added': 3, 'removed': 0, 'changed_labels': 0}
     merge = steps.by_name('merge')
     assert merge['changed'] and merge['count'] == 4 and merge['removed'] == []
+    # without the lists the counts still say what happened: a relabel of the ntp binding
+    counts = steps.by_name('counts only')
+    assert counts['changed'] and counts['summary'] == {'added': 0, 'removed': 0, 'changed_labels': 1}
+    assert not set(counts) & {'added', 'removed', 'changed_labels', 'bindings'} and counts['count'] == 4
     clear = steps.by_name('clear')
     assert clear['changed'] and len(clear['removed']) == 4 and clear['bindings'] == []
     assert clear['diff']['after'] == '' and clear['diff']['before'].count('\n') == 4

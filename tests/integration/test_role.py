@@ -44,11 +44,20 @@ def test_check_mode_on_a_fresh_host_then_converge(tmp_path, target, ns):
 
         real = run_playbook(SITE, inventory=inv, expect_rc=0)
         assert real.raw['stats']['node']['changed'] >= 3
+        assert node(real, 'Apply the bindings (the whole set)')['added'] == [
+            {'label': 'web', 'protocol': 'tcp', 'prefix': '127.0.0.1/32', 'port': 80}]
         assert harness.probe(ns, 'tcp', '127.0.0.1', 80) == 'web'
         again = run_playbook(SITE, inventory=inv, expect_rc=0)
         assert again.raw['stats']['node']['changed'] == 0
         again = run_playbook(SITE, inventory=inv, check=True, expect_rc=0)
         assert again.raw['stats']['node']['changed'] == 0
+        # counts only: a relabel is still reported as a change, without the lists
+        quiet = run_playbook(SITE, inventory=inv, expect_rc=0, args=[
+            '-e', 'dispatcher_return_changes=false', '-e', '{"dispatcher_bindings": [{"label": "web2", '
+            '"protocol": "tcp", "prefix": "127.0.0.1", "port": 80}]}'])
+        applied = node(quiet, 'Apply the bindings (the whole set)')
+        assert applied['changed'] and applied['summary'] == {'added': 0, 'removed': 0, 'changed_labels': 1}
+        assert 'added' not in applied and 'changed_labels' not in applied
 
         gone = run_playbook(SITE, inventory=inv, args=['-e', 'dispatcher_state=absent'], expect_rc=0)
         assert node(gone, 'Remove the dispatcher')['changed'] and not os.path.exists(pin_dir(target))
