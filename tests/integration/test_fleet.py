@@ -2,6 +2,7 @@
 groups whose variables differ. Converge, prove traffic per host, rerun without change, inject
 drift by hand on two hosts, find exactly those two with audit.yml and --check --diff, repair."""
 
+import json
 import os
 import shutil
 import subprocess
@@ -173,8 +174,13 @@ def test_fleet_converges_drifts_and_repairs(fleet):
     from ansible_collections.bpfsteer.sk_lookup.plugins.module_utils import bindings as bnd
     info = harness.run_module('sk_lookup_info', {'instance': 'edge_02', 'bpffs': fleet.bpffs})
     key = bnd.encode_key('tcp', bnd.parse_prefix('127.0.0.0/8'), 443)
-    table = os.path.join(fleet.pin_dir('edge-02'), 'bindings_%d' % info['program']['active_table'])
-    subprocess.run(['bpftool', 'map', 'delete', 'pinned', table, 'key', 'hex'] + ['%02x' % c for c in key],
+    # the tables are inner maps of the pinned 'bindings' array: find the active one's id first
+    slot = [str(b) for b in info['program']['active_table'].to_bytes(4, 'little')]
+    found = subprocess.run(['bpftool', '-j', 'map', 'lookup', 'pinned',
+                            os.path.join(fleet.pin_dir('edge-02'), 'bindings'), 'key'] + slot,
+                           check=True, capture_output=True, text=True)
+    table_id = int.from_bytes(bytes(int(b, 16) for b in json.loads(found.stdout)['value']), 'little')
+    subprocess.run(['bpftool', 'map', 'delete', 'id', str(table_id), 'key', 'hex'] + ['%02x' % c for c in key],
                    check=True)
     info = harness.run_module('sk_lookup_info', {'instance': 'dns_03', 'bpffs': fleet.bpffs})
     [dest] = [d for d in info['destinations'] if d['label'] == 'dns' and d['protocol'] == 'udp']
