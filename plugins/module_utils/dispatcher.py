@@ -74,6 +74,10 @@ class DispatcherError(Exception):
     """A failure with a message meant for the operator."""
 
 
+class FormatMismatch(DispatcherError):
+    """The instance was pinned by a version with another map layout."""
+
+
 def userspace_maps(max_destinations):
     """Maps only userspace reads: name -> (type, key, value, max_entries, flags)."""
     return {
@@ -519,7 +523,7 @@ def open_dispatcher(pin_dir):
     if fmt is not None and fmt != FORMAT:
         for fd in fds.values():
             fd.close()
-        raise DispatcherError('instance at %s was made by another version of bpfsteer.sk_lookup (pin '
+        raise FormatMismatch('instance at %s was made by another version of bpfsteer.sk_lookup (pin '
                               'format %d; this version reads format %d); remove it with state=absent and '
                               'load it again' % (pin_dir, fmt, FORMAT))
     missing = [n for n in list(PROGRAM_MAPS) + ['destinations', 'meta', 'protected'] if n not in fds]

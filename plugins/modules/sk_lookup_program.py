@@ -193,7 +193,12 @@ def absent(module, pin_dir):
              'program_tag': None, 'netns_inode': None}
     if not d.is_bpffs(module.params['bpffs']) or not os.path.isdir(pin_dir):
         return 'none', empty, empty
-    before, disp = d.program_state(pin_dir, None)
+    try:
+        before, disp = d.program_state(pin_dir, None)
+    except d.FormatMismatch as exc:
+        # another version's layout: it cannot be read, but it can be removed
+        module.warn(str(exc).split(';')[0] + '; removing it')
+        before, disp = dict(empty, loaded=True), None
     if disp is not None:
         disp.close()
     if not module.check_mode:

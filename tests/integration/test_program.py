@@ -1,5 +1,6 @@
 """sk_lookup_program and sk_lookup_info against a real kernel, in throwaway namespaces."""
 
+import json
 import os
 import subprocess
 import tempfile
@@ -146,6 +147,32 @@ def test_incompatible_upgrade_changes_nothing(loaded, ns):
     # check mode says the same
     out = run_module('sk_lookup_program', dict(loaded, content=bigger), check=True, expect_failure=True)
     assert out['failed'] and 'max_entries 2048' in out['msg']
+
+
+def test_max_bindings_change_and_other_pin_format_are_refused(loaded, source):
+    out = run_module('sk_lookup_program', dict(loaded, content=harness.render_dispatch(max_bindings=5000)),
+                     expect_failure=True)
+    assert 'max_bindings 5000 in the new source, 1000000 in the loaded instance' in out['msg']
+    out = run_module('sk_lookup_program', dict(loaded, content=source.replace('bpfsteer:format=2',
+                                                                              'bpfsteer:format=3')),
+                     expect_failure=True)
+    assert 'declares bpfsteer:format=3; this version of the collection loads format 2' in out['msg']
+    # an instance pinned by another layout (format 1 here, written into its meta map) is
+    # refused by every module with what to do, and state=absent still removes it
+    meta = os.path.join(pin_dir(loaded), 'meta')
+    raw = subprocess.run(['bpftool', '-j', 'map', 'lookup', 'pinned', meta, 'key', '0', '0', '0', '0'],
+                         capture_output=True, text=True, check=True).stdout
+    value = [int(b, 16) for b in json.loads(raw)['value']]
+    value[32:36] = [1, 0, 0, 0]
+    subprocess.run(['bpftool', 'map', 'update', 'pinned', meta, 'key', '0', '0', '0', '0', 'value'] +
+                   [str(b) for b in value], check=True)
+    base = {'instance': loaded['instance'], 'bpffs': loaded['bpffs']}
+    for name, args in (('sk_lookup_info', base), ('sk_lookup_program', dict(loaded, content=source)),
+                       ('sk_lookup_binding', dict(base, bindings=[], exclusive=True))):
+        out = run_module(name, args, expect_failure=True)
+        assert 'pin format 1; this version reads format 2' in out['msg'] and 'state=absent' in out['msg'], name
+    out = run_module('sk_lookup_program', dict(loaded, state='absent'))
+    assert out['changed'] and not os.path.exists(pin_dir(loaded))
 
 
 def test_absent_restores_normal_lookup(loaded, ns):
