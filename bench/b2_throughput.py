@@ -12,12 +12,11 @@ Namespaces, each with the same C echo servers (bench/loadgen.c) bound to
                with sk_lookup_socket; the client connects to 198.19.255.10:80 (a
                local route on lo) and the program hands the SYN to the socket on 7000
   passthrough  the steered namespace, client to 127.0.0.1:7000: no binding
-               matches, the program runs (two trie lookups) and passes; this is
-               what every unsteered connection in a dispatcher namespace pays
+               matches, the program runs (three hash lookups, all misses) and
+               passes; this is what every unsteered connection in a dispatcher
+               namespace pays
   steered, 2 bindings   as steered, in its own namespace, with only the two
-               steering bindings: the program without a big trie to walk
-  steered, flat         as steered, in its own namespace, with the 1b prototype
-               (bench/flat_dispatch.c) attached instead, same 100,000 bindings
+               steering bindings: the same program with a table of 2 entries
 
 A transaction: TCP connect, 1 byte each way, close (RST, so no TIME_WAIT);
 UDP 1 byte to the server and its echo (client bound to 127.0.0.1; the echo's
@@ -31,13 +30,12 @@ reported next to the ratio of the medians.
 
 import contextlib
 import json
-import os
 import subprocess
 
 import common as c
 import b1_dispatch
 
-MODES = ['direct', 'direct, 198.19.255.10', 'steered', 'passthrough', 'steered, 2 bindings', 'steered, flat']
+MODES = ['direct', 'direct, 198.19.255.10', 'steered', 'passthrough', 'steered, 2 bindings']
 STEER_V4 = '198.19.255.10'
 BINDINGS = 100000
 STEERING = [{'label': 'web', 'protocol': 'tcp', 'prefix': STEER_V4 + '/32', 'port': 80},
@@ -85,24 +83,6 @@ def dispatcher_ns(stack, fs, instance, entries):
     return ns, c.pin_dir(target)
 
 
-def flat_ns(stack, bindings):
-    """A namespace with the 1b prototype attached by a helper process that holds the link."""
-    ns = c.namespace(stack)
-    ns.add_local_route('198.18.0.0/15')
-    servers = start_servers(stack, ns)
-    cfg = {'collections': c.harness.COLLECTIONS, 'flat_source': os.path.join(c.BENCH, 'flat_dispatch.c'),
-           'attach': ns.path, 'size': bindings, 'extra': STEERING, 'dests': {'web': 0, 'dns': 1},
-           'sockets': [{'pid': servers['tcp'][0], 'fd': servers['tcp'][2], 'dest': 0},
-                       {'pid': servers['udp'][0], 'fd': servers['udp'][2], 'dest': 1}]}
-    helper = c.start(stack, subprocess.Popen(
-        [c.harness.HOST_PYTHON, os.path.join(c.BENCH, 'flat_runner.py'), json.dumps(cfg)], cwd=c.BENCH,
-        env=dict(os.environ, PYTHONPATH=c.BENCH), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE, text=True))
-    if helper.stdout.readline().strip() != 'ready':
-        raise RuntimeError('flat prototype did not attach: %s' % helper.stderr.read())
-    return ns
-
-
 def run(quick=False):
     # many short interleaved runs: on this noisy machine the pairing in time matters
     # more than the length of a run
@@ -118,18 +98,16 @@ def run(quick=False):
         start_servers(stack, direct)
         start_servers(stack, direct, STEER_V4, (('tcp', 80), ('udp', 53)))
         fs = c.bpffs(stack)
-        c.log('throughput: dispatchers with %d and with 2 bindings, the flat prototype' % bindings)
+        c.log('throughput: dispatchers with %d and with 2 bindings' % bindings)
         entries = b1_dispatch.build_set(bindings - len(STEERING))[0] + STEERING
         steered, pin = dispatcher_ns(stack, fs, 'b2', entries)
         del entries
         small, _pin_small = dispatcher_ns(stack, fs, 'b2small', STEERING)
-        flat = flat_ns(stack, bindings)
         where = {'direct': (direct, '127.0.0.1', {'tcp': 7000, 'udp': 7001}),
                  'direct, 198.19.255.10': (direct, STEER_V4, {'tcp': 80, 'udp': 53}),
                  'steered': (steered, STEER_V4, {'tcp': 80, 'udp': 53}),
                  'passthrough': (steered, '127.0.0.1', {'tcp': 7000, 'udp': 7001}),
-                 'steered, 2 bindings': (small, STEER_V4, {'tcp': 80, 'udp': 53}),
-                 'steered, flat': (flat, STEER_V4, {'tcp': 80, 'udp': 53})}
+                 'steered, 2 bindings': (small, STEER_V4, {'tcp': 80, 'udp': 53})}
         for proto in ('tcp', 'udp'):
             raw = dict((m, []) for m in MODES)
             # warm-up: one short run per mode (page faults, caches, ARP-free loopback paths)

@@ -16,7 +16,6 @@ import traceback
 
 BENCHMARKS = [
     ('dispatch', 'b1_dispatch', 'dispatch cost per lookup (BPF_PROG_TEST_RUN)'),
-    ('flat', 'b1b_flat', 'the same lookups with a hash-per-prefix-length program (proposed fix)'),
     ('throughput', 'b2_throughput', 'TCP connections/s and UDP datagrams/s, steered vs direct'),
     ('alternatives', 'b3_alternatives', 'all 65,535 ports: sockets per port, TPROXY, dispatcher'),
     ('control', 'b4_control_plane', 'sk_lookup_binding and the role: apply, no-op, one change'),

@@ -1,5 +1,4 @@
-"""The binding sets of the lookup benchmarks (no imports beyond the standard
-library, so the prototype runner under /usr/bin/python3 can use it too).
+"""The binding sets of the lookup benchmarks (standard library only).
 
 Sets of N bindings, spread evenly over tcp/udp x IPv4/IPv6. Fillers are host
 prefixes (/32, /128) drawn at random from the benchmarking ranges
@@ -8,6 +7,9 @@ and port 0). Per (protocol, family) the probes are:
   hit port    a filler with a real port, pointed at the label "bench"
   hit port 0  a /24 (/64) on port 0 -> "bench", looked up on a real port
   miss        an address inside the populated range that no binding covers
+
+The length sweep (length_sweep_set) instead fills K distinct prefix lengths
+for one (protocol, family), the program's cost driver.
 """
 
 import random
@@ -96,3 +98,34 @@ def single_sets():
     return out
 
 
+SWEEP_ADDR = {4: '198.18.7.77', 6: '2001:2::7:77'}
+SWEEP_MISS_PORT = HIT_PORT + 1
+
+
+def length_sweep_set(proto, version, count):
+    """Bindings at ``count`` distinct prefix lengths (the longest ones: /32 down, /128 down).
+
+    At every length a prefix next to the probe address (the probe's prefix with
+    its last bit flipped), on HIT_PORT and on port 0, so both lookups of the
+    length are tried and miss; at the shortest length also the probe's own
+    prefix on HIT_PORT -> "bench" (at /0, where no prefix lies next to the
+    probe, only that one). Returns (bindings, {'hit shortest': (addr, port),
+    'miss': (addr, port)}): the hit walks every longer length first, the miss
+    (another port) walks them all.
+    """
+    bits = 32 if version == 4 else 128
+    family = socket.AF_INET if version == 4 else socket.AF_INET6
+    addr = SWEEP_ADDR[version]
+    value = int.from_bytes(socket.inet_pton(family, addr), 'big')
+
+    def prefix(v, plen):
+        masked = v & (((1 << plen) - 1) << (bits - plen))
+        return '%s/%d' % (socket.inet_ntop(family, masked.to_bytes(bits // 8, 'big')), plen)
+    entries = []
+    lengths = range(bits, bits - count, -1)
+    for plen in lengths:
+        if plen:
+            sibling = prefix(value ^ (1 << (bits - plen)), plen)
+            entries += [{'label': 'fill', 'protocol': proto, 'prefix': sibling, 'port': p} for p in (HIT_PORT, 0)]
+    entries.append({'label': LABEL, 'protocol': proto, 'prefix': prefix(value, lengths[-1]), 'port': HIT_PORT})
+    return entries, {'hit shortest': (addr, HIT_PORT), 'miss': (addr, SWEEP_MISS_PORT)}
