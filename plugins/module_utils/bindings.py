@@ -29,12 +29,24 @@ _VALUE = struct.Struct('=I')
 KEY_SIZE = _KEY.size
 VALUE_SIZE = _VALUE.size
 
-# struct length_set: u32 count, u8 length[129], u8 kinds[129], padding to 4 bytes
+# struct trie_key: u32 prefixlen (32 header bits + address bits), u8 protocol, u8 family,
+# u16 port (BE), u8 addr[16]; struct trie_value: u32 dest_id, u32 address prefix length
+_TRIE_KEY = struct.Struct('=IBB2s16s')
+_TRIE_VALUE = struct.Struct('=II')
+TRIE_KEY_SIZE = _TRIE_KEY.size
+TRIE_VALUE_SIZE = _TRIE_VALUE.size
+TRIE_HEADER_BITS = 32
+
+# struct length_set: u32 count, u32 mode, u8 length[129], u8 kinds[129], padding to 4 bytes
 MAX_LENGTHS = 129
-_LENGTH_SET = struct.Struct('=I%ds%ds2x' % (MAX_LENGTHS, MAX_LENGTHS))
+_LENGTH_SET = struct.Struct('=II%ds%ds2x' % (MAX_LENGTHS, MAX_LENGTHS))
 LENGTH_SET_SIZE = _LENGTH_SET.size
 HAS_PORT = 1
 HAS_ANY_PORT = 2
+USE_TRIE = 1
+# Most hash lookups a lookup may take before its (protocol, family) goes to the trie
+# instead: two trie walks cost about as much as eight hash lookups (BENCHMARKS.md, 1).
+MAX_HASH_PROBES = 8
 
 
 class BindingError(ValueError):
@@ -277,17 +289,54 @@ def length_sets(matches):
     return dict((combo, sorted(per.items(), reverse=True)) for combo, per in kinds.items())
 
 
+def hash_probes(entries):
+    """How many hash lookups a miss costs with these [(prefixlen, kinds), ...]."""
+    return sum(bin(kinds).count('1') for _plen, kinds in entries)
+
+
+def uses_trie(entries):
+    """Whether a (protocol, family) with these lengths is looked up in the trie."""
+    return hash_probes(entries) > MAX_HASH_PROBES
+
+
 def encode_length_set(entries):
-    """struct length_set for one [(prefixlen, kinds), ...] list, longest first."""
+    """struct length_set for one [(prefixlen, kinds), ...] list, longest first.
+
+    Past MAX_HASH_PROBES the set says "use the trie"; the program then ignores
+    the lengths, which stay listed for sk_lookup_info.
+    """
     if len(entries) > MAX_LENGTHS:
         raise ValueError('%d prefix lengths, at most %d exist' % (len(entries), MAX_LENGTHS))
-    return _LENGTH_SET.pack(len(entries), bytes(plen for plen, _k in entries),
-                            bytes(k for _p, k in entries))
+    return _LENGTH_SET.pack(len(entries), USE_TRIE if uses_trie(entries) else 0,
+                            bytes(plen for plen, _k in entries), bytes(k for _p, k in entries))
 
 
 def decode_length_set(raw):
-    count, lengths, kinds = _LENGTH_SET.unpack(raw)
-    return list(zip(lengths[:count], kinds[:count]))
+    """(uses the trie, [(prefixlen, kinds), ...])."""
+    count, mode, lengths, kinds = _LENGTH_SET.unpack(raw)
+    return mode == USE_TRIE, list(zip(lengths[:count], kinds[:count]))
+
+
+def encode_trie_key(protocol, network, port):
+    return _TRIE_KEY.pack(TRIE_HEADER_BITS + network.prefixlen, PROTOCOLS[protocol], FAMILIES[network.version],
+                          struct.pack('>H', port), network.packed.ljust(16, b'\0'))
+
+
+def decode_trie_key(raw):
+    """Inverse of encode_trie_key: (protocol, network, port)."""
+    prefixlen, proto, family, port, addr = _TRIE_KEY.unpack(raw)
+    plen = prefixlen - TRIE_HEADER_BITS
+    network = Prefix(4, addr[:4], plen) if family == socket.AF_INET else Prefix(6, addr, plen)
+    return PROTOCOL_NAMES.get(proto, str(proto)), network, struct.unpack('>H', port)[0]
+
+
+def encode_trie_value(dest_id, network):
+    return _TRIE_VALUE.pack(dest_id, network.prefixlen)
+
+
+def decode_trie_value(raw):
+    """The destination id a trie entry sends to."""
+    return _TRIE_VALUE.unpack(raw)[0]
 
 
 def select(bindings, protocol, address, port):

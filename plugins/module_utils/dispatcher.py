@@ -11,7 +11,10 @@ link            BPF link attaching the program to a network namespace
 bindings        array of two hash tables (protocol, family, port, prefix
                 length, masked prefix) -> destination id; the tables are
                 inner maps, reached through this array, not pinned
-prefix_lengths  per table, protocol and family: the prefix lengths in use
+tries           array of two LPM tries, the same bindings for a (protocol,
+                family) whose set uses too many prefix lengths to try each
+prefix_lengths  per table, protocol and family: the prefix lengths in use,
+                and whether the hash table or the trie holds them
 active_table    which of the two tables the program reads (flipped atomically)
 sockets         SOCKMAP destination id -> socket
 metrics         per-CPU counters per destination id
@@ -52,6 +55,7 @@ FLIP_GRACE_SECONDS = 0.05
 # Maps the dispatch program itself references: name -> (type, key size, value size).
 PROGRAM_MAPS = {
     'bindings': (bpf.BPF_MAP_TYPE_ARRAY_OF_MAPS, 4, 4),
+    'tries': (bpf.BPF_MAP_TYPE_ARRAY_OF_MAPS, 4, 4),
     'prefix_lengths': (bpf.BPF_MAP_TYPE_ARRAY, 4, bnd.LENGTH_SET_SIZE),
     'active_table': (bpf.BPF_MAP_TYPE_ARRAY, 4, 4),
     'sockets': (bpf.BPF_MAP_TYPE_SOCKMAP, 4, 8),
@@ -342,16 +346,34 @@ class Dispatcher(object):
         raw = bpf.map_lookup(self.fds['active_table'], struct.pack('=I', 0), 4)
         return 1 if struct.unpack('=I', raw)[0] else 0
 
+    def _slot(self, outer, index):
+        """An FD of the inner map in slot ``index`` of ``outer``, or None."""
+        raw = bpf.map_lookup(self.fds[outer], struct.pack('=I', index), 4)
+        return None if raw is None else bpf.map_get_fd_by_id(struct.unpack('=I', raw)[0])
+
     def _table(self, index, create=True):
-        """An FD of bindings table ``index``. An empty slot (only before the first load
+        """An FD of hash table ``index``. An empty slot (only before the first load
         finished) gets an empty table, or None with create=False."""
-        raw = bpf.map_lookup(self.fds['bindings'], struct.pack('=I', index), 4)
-        if raw is None:
-            return self._install_table(index, [], []) if create else None
-        return bpf.map_get_fd_by_id(struct.unpack('=I', raw)[0])
+        fd = self._slot('bindings', index)
+        if fd is None and create:
+            return self._install_table(index, [], [])
+        return fd
+
+    def _trie(self, index, create=True):
+        fd = self._slot('tries', index)
+        if fd is None and create:
+            # an LPM trie allocates per entry, so it is made at full size once
+            fd = bpf.map_create(bpf.BPF_MAP_TYPE_LPM_TRIE, 'trie_table', bnd.TRIE_KEY_SIZE, bnd.TRIE_VALUE_SIZE,
+                                self.max_bindings, bpf.BPF_F_NO_PREALLOC)
+            try:
+                bpf.map_update(self.fds['tries'], struct.pack('=I', index), struct.pack('=I', int(fd)))
+            except Exception:
+                fd.close()
+                raise
+        return fd
 
     def _install_table(self, index, keys, values):
-        """Put a new table holding exactly keys/values into slot ``index``; return its FD.
+        """Put a new hash table holding exactly keys/values into slot ``index``; return its FD.
 
         Only ever done to the idle table, or to a slot no lookup has reached yet.
         """
@@ -372,14 +394,25 @@ class Dispatcher(object):
             # size, max_bindings: such kernels get full-size tables.
             capacity = self.max_bindings
 
-    def _table_raw(self, index, fd=None):
-        if fd is None:
-            fd = self._table(index, create=False)
-            if fd is None:
-                return {}
-            with fd:
-                return self._table_raw(index, fd)
-        return dict(bpf.map_items(fd, bnd.KEY_SIZE, bnd.VALUE_SIZE, bpf.map_info(fd).max_entries))
+    def _table_raw(self, index):
+        return _read_and_close(self._table(index, create=False), bnd.KEY_SIZE, bnd.VALUE_SIZE)
+
+    def _trie_raw(self, index):
+        return _read_and_close(self._trie(index, create=False), bnd.TRIE_KEY_SIZE, bnd.TRIE_VALUE_SIZE)
+
+    def prefix_lengths(self, index=None):
+        """{(protocol, version): (uses the trie, [(prefixlen, kinds), ...])} of a table."""
+        index = self.active_index() if index is None else index
+        out = {}
+        for protocol in bnd.PROTOCOLS:
+            for version in (4, 6):
+                raw = bpf.map_lookup(self.fds['prefix_lengths'],
+                                     struct.pack('=I', bnd.length_set_index(index, protocol, version)),
+                                     bnd.LENGTH_SET_SIZE)
+                trie, entries = bnd.decode_length_set(raw)
+                if entries:
+                    out[(protocol, version)] = (trie, entries)
+        return out
 
     def table_capacity(self):
         """How many entries the table the program reads now has room for."""
@@ -394,9 +427,9 @@ class Dispatcher(object):
         index = self.active_index() if index is None else index
         labels = dict((v, k[0]) for k, v in self.destinations_raw().items())
         out = {}
-        for key, value in self._table_raw(index).items():
-            protocol, network, port = bnd.decode_key(key)
-            dest_id = bnd.decode_value(value)
+        found = [(bnd.decode_key(k), bnd.decode_value(v)) for k, v in self._table_raw(index).items()]
+        found += [(bnd.decode_trie_key(k), bnd.decode_trie_value(v)) for k, v in self._trie_raw(index).items()]
+        for (protocol, network, port), dest_id in found:
             label = labels.get(dest_id, '<unknown destination %d>' % dest_id)
             out[(protocol, network, port)] = bnd.Binding(protocol, network, port, label)
         return out
@@ -412,39 +445,37 @@ class Dispatcher(object):
             raise DispatcherError('%d bindings do not fit: the instance holds at most %d '
                                   '(raise max_bindings)' % (len(desired), self.max_bindings))
         existing = self.destinations_raw()
-        want = {}
+        lengths = bnd.length_sets(desired)
+        in_trie = set(combo for combo, entries in lengths.items() if bnd.uses_trie(entries))
+        want, want_trie = {}, {}
         used = set()
         for binding in desired.values():
             dest_id = self.ensure_destination(binding.label, binding.family, binding.protocol, existing)
             used.add(dest_id)
-            want[binding.to_key()] = bnd.encode_value(dest_id)
-        lengths = bnd.length_sets(desired)
+            if (binding.protocol, binding.network.version) in in_trie:
+                want_trie[bnd.encode_trie_key(*binding.match)] = bnd.encode_trie_value(dest_id, binding.network)
+            else:
+                want[binding.to_key()] = bnd.encode_value(dest_id)
         active = self.active_index()
         idle = 1 - active
-        self._sync_table(idle, want, lengths)
+        self._sync_table(idle, want, want_trie, lengths)
         bpf.map_update(self.fds['active_table'], struct.pack('=I', 0), struct.pack('=I', idle))
         time.sleep(FLIP_GRACE_SECONDS)
-        self._sync_table(active, want, lengths)
+        self._sync_table(active, want, want_trie, lengths)
         self.drop_unused_destinations(used)
 
-    def _sync_table(self, index, want, lengths):
-        """Bring idle table ``index`` and its prefix lengths to ``want``."""
+    def _sync_table(self, index, want, want_trie, lengths):
+        """Bring idle table ``index``, its trie and its prefix lengths to the wanted entries."""
         with self._table(index) as fd:
             capacity = bpf.map_info(fd).max_entries
             if table_fits(len(want), capacity, self.max_bindings):
-                have = self._table_raw(index, fd)
-                stale = [k for k in have if k not in want]
-                write = [(k, v) for k, v in want.items() if have.get(k) != v]
-                # Delete first: writing first would need room for the old and the
-                # new set at once (E2BIG near the table's capacity).
-                if stale:
-                    bpf.map_delete_batch(fd, stale, bnd.KEY_SIZE)
-                if write:
-                    bpf.map_update_batch(fd, [k for k, _v in write], [v for _k, v in write],
-                                         bnd.KEY_SIZE, bnd.VALUE_SIZE)
+                _sync_entries(fd, _items(fd, bnd.KEY_SIZE, bnd.VALUE_SIZE), want, bnd.KEY_SIZE, bnd.VALUE_SIZE)
             else:
                 # Resized: a fresh table, filled before it goes into the slot.
                 self._install_table(index, list(want), list(want.values())).close()
+        with self._trie(index) as fd:
+            _sync_entries(fd, _items(fd, bnd.TRIE_KEY_SIZE, bnd.TRIE_VALUE_SIZE), want_trie,
+                          bnd.TRIE_KEY_SIZE, bnd.TRIE_VALUE_SIZE)
         for protocol in bnd.PROTOCOLS:
             for version in (4, 6):
                 slot = bnd.length_set_index(index, protocol, version)
@@ -454,9 +485,31 @@ class Dispatcher(object):
     def used_destination_ids(self):
         ids = set()
         for index in (0, 1):
-            for value in self._table_raw(index).values():
-                ids.add(bnd.decode_value(value))
+            ids.update(bnd.decode_value(v) for v in self._table_raw(index).values())
+            ids.update(bnd.decode_trie_value(v) for v in self._trie_raw(index).values())
         return ids
+
+
+def _items(fd, key_size, value_size):
+    return dict(bpf.map_items(fd, key_size, value_size, bpf.map_info(fd).max_entries))
+
+
+def _read_and_close(fd, key_size, value_size):
+    if fd is None:
+        return {}
+    with fd:
+        return _items(fd, key_size, value_size)
+
+
+def _sync_entries(fd, have, want, key_size, value_size):
+    stale = [k for k in have if k not in want]
+    write = [(k, v) for k, v in want.items() if have.get(k) != v]
+    # Delete first: writing first would need room for the old and the new set at
+    # once (E2BIG near a table's capacity).
+    if stale:
+        bpf.map_delete_batch(fd, stale, key_size)
+    if write:
+        bpf.map_update_batch(fd, [k for k, _v in write], [v for _k, v in write], key_size, value_size)
 
 
 def table_capacity(count, max_bindings):
@@ -545,7 +598,12 @@ def snapshot(pin_dir):
         bindings = sorted(disp.bindings().values(), key=bnd.sort_key)
         program = disp.program()
         program.update({'max_bindings': disp.max_bindings, 'max_destinations': disp.max_destinations,
-                        'active_table': disp.active_index(), 'table_capacity': disp.table_capacity()})
+                        'active_table': disp.active_index(), 'table_capacity': disp.table_capacity(),
+                        'prefix_lengths': [
+                            {'protocol': protocol, 'family': 'ipv%d' % version,
+                             'lengths': [plen for plen, _k in entries], 'lookup': 'trie' if trie else 'hash',
+                             'hash_probes': None if trie else bnd.hash_probes(entries)}
+                            for (protocol, version), (trie, entries) in sorted(disp.prefix_lengths().items())]})
         return {
             'loaded': True,
             'pin_dir': pin_dir,
@@ -716,7 +774,7 @@ def install(pin_dir, netns_path, source, plan, disp, check_mode=False):
                 _write_meta(fds, sha, manifest)
                 fresh = Dispatcher(pin_dir, dict((k, v) for k, v in fds.items()))
                 for index in (0, 1):
-                    fresh._sync_table(index, {}, {})
+                    fresh._sync_table(index, {}, {}, {})
             netns_fd = os.open(netns_path, os.O_RDONLY)
             try:
                 link_fd = bpf.link_create(prog_fd, netns_fd, bpf.BPF_SK_LOOKUP)

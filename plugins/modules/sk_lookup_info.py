@@ -101,6 +101,33 @@ program:
         - Tables are sized to the set they hold (a power of two with a quarter of headroom, at least 64,
           at most O(max_bindings)) and rebuilt when the set outgrows them or shrinks to a quarter.
       type: int
+    prefix_lengths:
+      description:
+        - Per protocol and family that has bindings, the prefix lengths they use and how the program
+          finds them.
+        - V(hash) tries one exact-match lookup per length and kind of port (a real port, port 0),
+          longest first, at most RV(program.prefix_lengths[].hash_probes) per packet, whatever the
+          number of bindings. Past 8 such lookups the set goes to an LPM trie (V(trie)), two walks
+          per packet whose length grows with the logarithm of the number of bindings.
+      type: list
+      elements: dict
+      contains:
+        protocol:
+          description: C(tcp) or C(udp).
+          type: str
+        family:
+          description: C(ipv4) or C(ipv6).
+          type: str
+        lengths:
+          description: The prefix lengths in use, longest first.
+          type: list
+          elements: int
+        lookup:
+          description: C(hash) or C(trie).
+          type: str
+        hash_probes:
+          description: Most hash lookups a packet costs (a miss); null with C(trie).
+          type: int
     max_destinations:
       description: Capacity of the sockets and metrics maps.
       type: int
@@ -121,6 +148,8 @@ program:
     missing_socket: drop
     max_bindings: 1000000
     table_capacity: 64
+    prefix_lengths:
+      - {protocol: tcp, family: ipv4, lengths: [32, 24], lookup: hash, hash_probes: 3}
     max_destinations: 1024
     active_table: 0
     format: 2

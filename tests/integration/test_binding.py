@@ -120,45 +120,82 @@ def test_ipv6_any_never_catches_ipv4(world):
     assert [answers[c] for c in cases] == ['normal', 'normal', 'normal', 'a', 'a']
 
 
-def test_every_prefix_length_longest_wins(world):
-    """A binding at each of the 33 IPv4 and 129 IPv6 lengths around one address, the labels
-    alternating by length: an address sharing its first L bits with it must reach the label of /L.
-    This is the program's longest walk, and 324 bindings make the table grow past its first size."""
+def _common_bits(a, b):
+    x, y = int(ipaddress.ip_address(a)), int(ipaddress.ip_address(b))
+    bits = 32 if ipaddress.ip_address(a).version == 4 else 128
+    return bits - (x ^ y).bit_length()
+
+
+EVERY_LENGTH_PROBES = ['10.0.0.77', '10.0.0.76', '10.0.0.79', '10.0.0.69', '10.0.0.93', '10.0.1.77', '10.0.255.1',
+                       '127.0.0.1', '192.0.2.1', '2001:db8::77', '2001:db8::76', '2001:db8::79', '2001:db8::69',
+                       '2001:db8::5d', '2001:db8::1:77', '2001:db8::8000:0:0:77', '::1', 'fd00::1']
+
+
+@pytest.mark.parametrize('lengths4, lengths6, lookup', [
+    (range(33), range(129), 'trie'),
+    ([32, 30, 28, 27, 16, 0], [128, 124, 123, 122, 111, 0], 'hash'),
+], ids=['every length (trie)', 'six lengths (hash)'])
+def test_longest_prefix_wins_at_every_length(world, lengths4, lengths6, lookup):
+    """Bindings on port 5555 around one address at many lengths, labels alternating by length, and
+    two on port 0 (/28 -> b and /24 -> a; /124 and /120 for IPv6): an address sharing its first L
+    bits with it must reach the label of the longest bound length <= L, the port winning a tie.
+    With every length the set goes to the trie; with six (eight hash lookups) it stays hashed."""
     ns, target = world
+    import sys
+    sys.path.insert(0, harness.COLLECTIONS)
+    from ansible_collections.bpfsteer.sk_lookup.plugins.module_utils import bindings as bnd
     base4, base6 = '10.0.0.77', '2001:db8::77'
     label = {0: 'a', 1: 'b'}
     entries = []
     for proto in ('tcp', 'udp'):
-        entries += [{'label': label[plen % 2], 'protocol': proto, 'prefix': '%s/%d' % (base4, plen), 'port': 5555}
-                    for plen in range(33)]
-        entries += [{'label': label[plen % 2], 'protocol': proto, 'prefix': '%s/%d' % (base6, plen), 'port': 5555}
-                    for plen in range(129)]
+        for base, lengths, any_port in ((base4, lengths4, ((28, 'b'), (24, 'a'))),
+                                        (base6, lengths6, ((124, 'b'), (120, 'a')))):
+            entries += [{'label': label[plen % 2], 'protocol': proto, 'prefix': '%s/%d' % (base, plen),
+                         'port': 5555} for plen in lengths]
+            entries += [{'label': name, 'protocol': proto, 'prefix': '%s/%d' % (base, plen), 'port': 0}
+                        for plen, name in any_port]
     apply(target, entries, return_bindings=False)
+    ns.ip('-4', 'route', 'replace', 'local', '192.0.2.0/24', 'dev', 'lo')   # first bit differs: only /0
+    ns.ip('-6', 'route', 'replace', 'local', 'fd00::/64', 'dev', 'lo')
 
-    def common_bits(a, b):
-        x, y = int(ipaddress.ip_address(a)), int(ipaddress.ip_address(b))
-        bits = 32 if ipaddress.ip_address(a).version == 4 else 128
-        return bits - (x ^ y).bit_length()
-
-    probes = ['10.0.0.77', '10.0.0.76', '10.0.0.79', '10.0.0.69', '10.0.0.93', '10.0.1.77', '10.0.255.1',
-              '127.0.0.1', '2001:db8::77', '2001:db8::76', '2001:db8::79', '2001:db8::69', '2001:db8::5d',
-              '2001:db8::1:77', '2001:db8::8000:0:0:77', '::1', '192.0.2.1', 'fd00::1']
-    ns.add_local_route('192.0.2.0/24')     # first bit differs from 10.0.0.77: only /0 matches
-    ns.add_local_route('fd00::/64')
-    cases = [(proto, addr, 5555) for proto in ('tcp', 'udp') for addr in probes]
-    expected = [label[common_bits(addr, base4 if '.' in addr else base6) % 2] for _p, addr, _port in cases]
-    assert sorted(set(common_bits(a, base4 if '.' in a else base6) for a in probes)) == \
+    assert sorted(set(_common_bits(a, base4 if '.' in a else base6) for a in EVERY_LENGTH_PROBES)) == \
         [0, 1, 2, 16, 23, 27, 28, 30, 31, 32, 64, 111, 122, 123, 124, 127, 128]
+    cases = [(proto, addr, 5555) for proto in ('tcp', 'udp') for addr in EVERY_LENGTH_PROBES]
+    cases += [(proto, addr, 5556) for proto in ('tcp', 'udp')
+              for addr in ('10.0.0.77', '10.0.0.93', '10.0.1.77', '2001:db8::77', '2001:db8::5d', '2001:db8::1:77')]
+    parsed = bnd.parse_bindings(entries).values()
+    expected = []
+    for proto, addr, port in cases:
+        chosen = bnd.select(parsed, proto, addr, port)
+        expected.append(chosen.label if chosen else ('normal' if port == 5555 else DROPPED[proto]))
+    assert set(expected) >= {'a', 'b', DROPPED['tcp']}
     answers = harness.probe_many(ns, cases)
     got = [answers[c] for c in cases]
     assert got == expected, [(c, g, e) for c, g, e in zip(cases, got, expected) if g != e]
 
     info = run_module('sk_lookup_info', {'instance': target['instance'], 'bpffs': target['bpffs']})
-    assert len(info['bindings']) == 324
-    assert info['program']['table_capacity'] == 512      # 324 plus a quarter, rounded up to a power of 2
-    apply(target, entries[:2])
+    assert len(info['bindings']) == len(entries)
+    assert set((p['protocol'], p['family'], p['lookup']) for p in info['program']['prefix_lengths']) == \
+        set((proto, fam, lookup) for proto in ('tcp', 'udp') for fam in ('ipv4', 'ipv6'))
+    if lookup == 'hash':
+        assert info['program']['table_capacity'] == 64            # 32 bindings fit the smallest table
+        assert all(p['hash_probes'] == 8 for p in info['program']['prefix_lengths'])
+
+
+def test_tables_grow_and_shrink_with_the_set(world):
+    ns, target = world
+    many = [{'label': 'a', 'protocol': proto, 'prefix': '10.0.%d.%d' % (i // 256, i % 256), 'port': 80}
+            for proto in ('tcp', 'udp') for i in range(200)]
+    apply(target, many, return_bindings=False)
+    info = run_module('sk_lookup_info', {'instance': target['instance'], 'bpffs': target['bpffs']})
+    assert info['program']['table_capacity'] == 512      # 400 plus a quarter, rounded up to a power of 2
+    answers = harness.probe_many(ns, [('tcp', '10.0.0.199', 80), ('udp', '10.0.0.199', 80), ('tcp', '10.0.0.200', 81)])
+    assert list(answers.values()) == ['a', 'a', 'normal']
+    apply(target, many[:2])
     info = run_module('sk_lookup_info', {'instance': target['instance'], 'bpffs': target['bpffs']})
     assert len(info['bindings']) == 2 and info['program']['table_capacity'] == 64   # shrunk back
+    answers = harness.probe_many(ns, [('tcp', '10.0.0.0', 80), ('tcp', '10.0.0.199', 80)])
+    assert list(answers.values()) == ['a', 'refused']
 
 
 def test_missing_socket_pass_reaches_normal_listener(world):

@@ -24,7 +24,7 @@ def test_four_steps_check_load_repeat(target, source):
     # check mode verified the same program the real run loaded
     assert check['diff']['after']['program_tag'] == real['program']['program_tag']
     assert sorted(os.listdir(pin_dir(target))) == sorted(
-        ['link', 'bindings', 'prefix_lengths', 'active_table', 'sockets', 'metrics', 'destinations',
+        ['link', 'bindings', 'tries', 'prefix_lengths', 'active_table', 'sockets', 'metrics', 'destinations',
          'meta', 'protected'])
 
     again = run_module('sk_lookup_program', args, diff=True)

@@ -169,18 +169,42 @@ def test_length_sets_longest_first_with_port_kinds():
     assert sets == {('tcp', 4): [(32, b.HAS_PORT), (16, b.HAS_PORT | b.HAS_ANY_PORT), (8, b.HAS_ANY_PORT)],
                     ('udp', 6): [(64, b.HAS_PORT)]}
     raw = b.encode_length_set(sets[('tcp', 4)])
-    assert len(raw) == b.LENGTH_SET_SIZE == 264
-    assert b.decode_length_set(raw) == sets[('tcp', 4)]
+    assert len(raw) == b.LENGTH_SET_SIZE == 268
+    assert b.decode_length_set(raw) == (False, sets[('tcp', 4)])
+    assert b.hash_probes(sets[('tcp', 4)]) == 4
+    # past eight hash lookups a set goes to the trie; its lengths stay listed
     every = [(plen, b.HAS_PORT) for plen in range(128, -1, -1)]
-    assert b.decode_length_set(b.encode_length_set(every)) == every
+    assert b.decode_length_set(b.encode_length_set(every)) == (True, every)
+    assert not b.uses_trie(every[:8]) and b.uses_trie(every[:9])
+    both = [(plen, b.HAS_PORT | b.HAS_ANY_PORT) for plen in (32, 24, 16, 8)]
+    assert b.hash_probes(both) == 8 and not b.uses_trie(both) and b.uses_trie(both + [(0, b.HAS_ANY_PORT)])
     assert [b.length_set_index(t, p, v) for t in (0, 1) for p in ('tcp', 'udp') for v in (4, 6)] == list(range(8))
 
 
-def _program_walk(table, sets, protocol, address, port):
-    """The dispatch program's lookup loop, step for step, over a dict table."""
+def _trie_lookup(trie, protocol, packed, port):
+    """BPF_MAP_TYPE_LPM_TRIE's answer: the entry whose key shares the most leading bits,
+    counting the 32 header bits (protocol, family, port) that must match in full."""
+    version = 4 if len(packed) == 4 else 6
+    best = None
+    for key, value in trie.items():
+        p, net, prt = b.decode_trie_key(key)
+        if p == protocol and net.version == version and prt == port and net.contains_packed(packed):
+            if best is None or net.prefixlen > best[0]:
+                best = (net.prefixlen, value)
+    return best
+
+
+def _program_walk(table, trie, sets, protocol, address, port):
+    """The dispatch program's lookups, step for step, over dicts for the hash table and trie."""
     packed = b.parse_address(address)
     version = 4 if len(packed) == 4 else 6
-    for plen, kinds in sets.get((protocol, version), []):
+    entries = sets.get((protocol, version), [])
+    if b.uses_trie(entries):
+        specific, wildcard = _trie_lookup(trie, protocol, packed, port), _trie_lookup(trie, protocol, packed, 0)
+        if not specific or (wildcard and wildcard[0] > specific[0]):
+            specific = wildcard
+        return specific[1] if specific else None
+    for plen, kinds in entries:
         net = b.Prefix.masked(version, packed, plen)
         for wanted, bit in ((port, b.HAS_PORT), (0, b.HAS_ANY_PORT)):
             if kinds & bit:
@@ -193,7 +217,8 @@ def _program_walk(table, sets, protocol, address, port):
 def test_program_walk_agrees_with_the_precedence_model():
     import random
     rng = random.Random(7)
-    for _round in range(40):
+    modes = set()
+    for _round in range(60):
         bindings = {}
         for i in range(rng.randint(1, 30)):
             version = rng.choice((4, 6))
@@ -205,16 +230,22 @@ def test_program_walk_agrees_with_the_precedence_model():
                      'port': rng.choice((0, 0, 53, 80, 443))}
             binding = b.parse_binding(entry)
             bindings.setdefault(binding.match, binding)
-        table = dict((m.to_key(), m.label) for m in bindings.values())
         sets = b.length_sets(bindings)
+        in_trie = set(c for c, e in sets.items() if b.uses_trie(e))
+        table = dict((m.to_key(), m.label) for m in bindings.values()
+                     if (m.protocol, m.network.version) not in in_trie)
+        trie = dict((b.encode_trie_key(*m.match), m.label) for m in bindings.values()
+                    if (m.protocol, m.network.version) in in_trie)
+        modes.update(('trie' if c in in_trie else 'hash') for c in sets)
         for _probe in range(60):
             protocol = rng.choice(('tcp', 'udp'))
             address = rng.choice(('10.%d.%d.%d' % (rng.randint(0, 1), rng.randint(0, 3), rng.randint(0, 255)),
                                   '2001:db8:%x::%x' % (rng.randint(0, 1), rng.randint(0, 255)), '192.0.2.1'))
             port = rng.choice((53, 80, 443, 8080))
             model = b.select(bindings.values(), protocol, address, port)
-            assert _program_walk(table, sets, protocol, address, port) == (model.label if model else None), \
+            assert _program_walk(table, trie, sets, protocol, address, port) == (model.label if model else None), \
                 (protocol, address, port, sorted(map(str, bindings.values())))
+    assert modes == {'hash', 'trie'}        # both ways of looking up were exercised
 
 
 def test_table_sizes_follow_the_set():
