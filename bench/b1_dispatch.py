@@ -11,9 +11,10 @@ program selected (0 if none).
 The program keeps the bindings in an exact-match hash table keyed on
 (protocol, family, port, prefix length, masked address) and tries the prefix
 lengths in use, longest first, at each the real port and then port 0 (where
-bindings of that kind exist). walk() models that walk, so every row carries
-the number of hash lookups the program tried, checked against the kernel's
-result.
+bindings of that kind exist); a (protocol, family) whose set would take more
+than eight such lookups is kept in an LPM trie instead (two walks). walk()
+models both, so every row carries the number of hash lookups the program
+tried (or "trie"), checked against the kernel's result.
 
 Binding sets (bench/bindset.py): N bindings in total, spread evenly over
 tcp/udp x IPv4/IPv6. Fillers are host prefixes (/32, /128) drawn at random
@@ -49,9 +50,10 @@ SIZES = [1, 1000, 100000, 1000000]
 QUICK_SIZES = [1, 1000]
 REPEAT = 1000000
 RUNS = 5
-# distinct prefix lengths per table, tcp only (udp runs the same code)
-SWEEP = {4: [1, 4, 8, 16, 33], 6: [1, 4, 8, 16, 33, 65, 129]}
-QUICK_SWEEP = {4: [1, 33], 6: [1, 129]}
+# distinct prefix lengths per table, tcp only (udp runs the same code); every length has
+# both kinds of port, so K lengths are 2K hash lookups: up to 4 hashed, from 5 on the trie
+SWEEP = {4: [1, 2, 3, 4, 5, 8, 16, 33], 6: [1, 2, 3, 4, 5, 16, 129]}
+QUICK_SWEEP = {4: [1, 4, 5, 33], 6: [1, 129]}
 SWEEP_REPEAT = 100000          # a miss over 129 lengths runs 258 hash lookups
 SWEEP_PROTO = 'tcp'
 
@@ -118,8 +120,13 @@ def replace(pin, entries):
 def walk(parsed, lengths, proto, version, addr, port):
     """(hash lookups tried, label found or None): the lookup loop of dispatch.c.j2 in Python.
 
-    ``lengths`` is bindings.length_sets(parsed), what the program reads."""
+    ``lengths`` is bindings.length_sets(parsed), what the program reads. A set
+    past bindings.MAX_HASH_PROBES is in the trie: ('trie', label), by the
+    precedence model."""
     packed = c.bnd.parse_address(addr)
+    if c.bnd.uses_trie(lengths.get((proto, version), [])):
+        found = c.bnd.select(parsed.values(), proto, addr, port)
+        return 'trie', found.label if found else None
     tried = 0
     for plen, kinds in lengths.get((proto, version), []):
         net = c.bnd.Prefix.masked(version, packed, plen)
@@ -261,7 +268,8 @@ def run(quick=False):
     runs = 3 if quick else RUNS
     sweep = QUICK_SWEEP if quick else SWEEP
     result = {'repeat': repeat, 'runs': runs, 'sizes': sizes, 'rows': [], 'fill_seconds': {}, 'checks': [],
-              'calibration': [], 'sweep': [], 'sweep_repeat': sweep_repeat}
+              'calibration': [], 'sweep': [], 'sweep_repeat': sweep_repeat,
+              'max_hash_probes': c.bnd.MAX_HASH_PROBES}
     with contextlib.ExitStack() as stack:
         ns = c.namespace(stack)
         fs = c.bpffs(stack)
@@ -315,7 +323,7 @@ def run(quick=False):
         for x in result['metrics_bench']:
             x['expected_lookups'] = expected['%s%s' % (x['protocol'], x['family'][-1])]
         for r in result['sweep']:
-            c.log('dispatch: %s, %d lengths, %s: %d lookups, %d ns' % (
+            c.log('dispatch: %s, %d lengths, %s: %s lookups, %d ns' % (
                 r['family'], r['lengths'], r['case'], r['lookups'], r['ns']))
         c.log('dispatch: baseline %d ns, hand-over %d ns' % (result['baseline_ns'], result['handover_ns']))
     return result

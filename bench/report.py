@@ -89,6 +89,8 @@ def span(values, fmt='%d'):
 
 def lookups_of(rows):
     vals = [r['lookups'] for r in rows if 'lookups' in r]
+    if any(v == 'trie' for v in vals):
+        return 'trie' if all(v == 'trie' for v in vals) else '?'
     return span(vals) if vals else '?'
 
 
@@ -100,8 +102,8 @@ def handover(d):
 
 def sweep_slope(d, family):
     """(ns per extra hash lookup, fewest-lengths miss row, most-lengths miss row) from the sweep's misses."""
-    misses = sorted((r for r in d.get('sweep', []) if r['family'] == family and r['case'] == 'miss'),
-                    key=lambda r: r['lookups'])
+    misses = sorted((r for r in d.get('sweep', []) if r['family'] == family and r['case'] == 'miss'
+                     and isinstance(r['lookups'], int)), key=lambda r: r['lookups'])
     if len(misses) < 2 or misses[-1]['lookups'] == misses[0]['lookups']:
         return None, None, None
     lo, hi = misses[0], misses[-1]
@@ -236,14 +238,16 @@ def sweep_part(d):
     slopes = [x for x in slopes if x[1] is not None]
     if slopes:
         out.append('''
-From the fewest to the most lengths, each further hash lookup adds **%s** to a miss: %s. Each
-length in use costs one lookup per kind present at it (a real port, port 0), on every miss and on
-every hit at a shorter length, so a table using many lengths with both kinds is the worst case.
-Section 1's sets use two lengths per protocol and family (3 lookups per miss); a set of host
-prefixes on real ports only, 1.
+Each further hash lookup adds **%s** to a miss: %s. Each length in use costs one lookup per kind
+present at it (a real port, port 0), on every miss and on every hit at a shorter length. Past %d
+such lookups (here: from 5 lengths with both kinds on) the backend keeps that protocol and
+family in an LPM trie instead, rows *trie*: two walks per packet, whatever the number of lengths,
+which is what bounds the worst case. Section 1's sets use two lengths per protocol and family
+(3 lookups per miss); a set of host prefixes on real ports only, 1.
 ''' % (' and '.join('%.1f ns (%s)' % (slope, fam) for fam, slope, _lo, _hi in slopes),
             '; '.join('%s %s ns with %d lookups, %s ns with %d' % (
-                fam, n(lo['ns']), lo['lookups'], n(hi['ns']), hi['lookups']) for fam, _s, lo, hi in slopes)))
+                fam, n(lo['ns']), lo['lookups'], n(hi['ns']), hi['lookups']) for fam, _s, lo, hi in slopes),
+            d.get('max_hash_probes', 8)))
     return ''.join(out)
 
 
