@@ -14,10 +14,19 @@ group_vars would supply it, and is applied with exclusive: true.
 Forms of the bindings option:
   json        bindings: "{{ wanted | to_json }}"   (Ansible templates one string)
   list        bindings: "{{ wanted }}"             (Ansible templates every dict)
-and return_bindings true/false. The role (bpfsteer.sk_lookup.dispatcher) is run
-with dispatcher_bindings: "{{ wanted }}" and dispatcher_install_dependencies:
-false; it renders the program, checks the kernel, loads (no-op), applies
-(json form, return_bindings: false inside the role) and registers sockets.
+What the result carries (RESULTS):
+  bindings + changes   return_bindings: true,  return_changes: true
+  changes              return_bindings: false, return_changes: true (the lists
+                       added, removed, changed_labels: on a first apply `added`
+                       is the whole set)
+  counts               return_bindings: false, return_changes: false (count and
+                       summary only; checked: `summary` there, `added` not)
+The role (bpfsteer.sk_lookup.dispatcher) is run with
+dispatcher_install_dependencies: false and dispatcher_return_changes true
+(changes) or false (counts); it renders the program, checks the kernel, loads
+(no-op), applies (json form, return_bindings: false inside the role) and
+registers sockets. Its set comes as data (dispatcher_bindings in the vars file)
+or through a template string (dispatcher_bindings: "{{ wanted }}").
 "backend" is the same work done in-process by Dispatcher.replace_bindings,
 without Ansible: the floor.
 
@@ -35,6 +44,8 @@ import tempfile
 import common as c
 
 PORTS = [80, 443, 8080, 8443, 53, 0]
+# result mode -> (return_bindings, return_changes)
+RESULTS = {'bindings + changes': (True, True), 'changes': (False, True), 'counts': (False, False)}
 LABELS = ['svc%d' % i for i in range(8)]
 
 
@@ -53,19 +64,21 @@ def wanted_set(n):
     return out
 
 
-def module_play(target, form, return_bindings):
+def module_play(target, form, result):
     expr = '{{ wanted | to_json }}' if form == 'json' else '{{ wanted }}'
+    return_bindings, return_changes = RESULTS[result]
     return [{'name': 'bench', 'hosts': 'localhost', 'gather_facts': False, 'tasks': [
         {'name': 'bindings', 'bpfsteer.sk_lookup.sk_lookup_binding': {
             'instance': target['instance'], 'bpffs': target['bpffs'], 'bindings': expr,
-            'exclusive': True, 'return_bindings': return_bindings}}]}]
+            'exclusive': True, 'return_bindings': return_bindings, 'return_changes': return_changes}}]}]
 
 
-def role_play(target, form='data'):
+def role_play(target, form='data', result='changes'):
     """form 'data': dispatcher_bindings comes straight from the vars file (as from
     group_vars); 'template': the play sets dispatcher_bindings: "{{ wanted }}"."""
     role_vars = {'dispatcher_instance': target['instance'], 'dispatcher_bpffs': target['bpffs'],
-                 'dispatcher_netns': target['netns'], 'dispatcher_install_dependencies': False}
+                 'dispatcher_netns': target['netns'], 'dispatcher_install_dependencies': False,
+                 'dispatcher_return_changes': RESULTS[result][1]}
     if form == 'template':
         role_vars['dispatcher_bindings'] = '{{ wanted }}'
     return [{'name': 'bench', 'hosts': 'localhost', 'gather_facts': False, 'roles': [
@@ -97,38 +110,70 @@ def count(target):
         return len(d.bindings())
 
 
+def tasks_named(res, task_name):
+    """The tasks of a run named task_name (a role's task: ending with it)."""
+    return [t for t in res.tasks if t['task']['name'] == task_name or t['task']['name'].endswith(task_name)]
+
+
 def timed(play, vars_path, task_name):
     """(wall s, task s, size in bytes of the task's JSON result, PlaybookResult)."""
     wall, res = c.playbook(play, args=('-e', '@' + vars_path))
     seconds = size = None
-    for task in res.tasks:
-        if task['task']['name'] == task_name or task['task']['name'].endswith(task_name):
-            seconds = task['task'].get('seconds')
-            size = sum(len(json.dumps(h)) for h in task['hosts'].values())
+    for task in tasks_named(res, task_name):
+        seconds = task['task'].get('seconds')
+        size = sum(len(json.dumps(h)) for h in task['hosts'].values())
     return wall, seconds, size, res
+
+
+# summary the module must return for each case of a set of n bindings
+EXPECTED_SUMMARY = {'apply': lambda n: {'added': n, 'removed': 0, 'changed_labels': 0},
+                    'no-op': lambda n: {'added': 0, 'removed': 0, 'changed_labels': 0},
+                    'change 1': lambda n: {'added': 0, 'removed': 0, 'changed_labels': 1}}
+
+
+def check_result(res, task_name, result, case, n):
+    """The task's result carries what its mode says: the lists only with return_changes,
+    `bindings` only with return_bindings, `summary` always, with the counts of the case."""
+    return_bindings, return_changes = RESULTS[result]
+    hosts = [h for t in tasks_named(res, task_name) for h in t['hosts'].values()]
+    assert len(hosts) == 1, hosts
+    h = hosts[0]
+    assert h.get('changed') == (case != 'no-op'), (case, h.get('changed'))
+    for key in ('added', 'removed', 'changed_labels'):
+        assert (key in h) == return_changes, (result, key, sorted(h))
+    assert ('bindings' in h) == return_bindings, (result, sorted(h))
+    assert h.get('summary') == EXPECTED_SUMMARY[case](n), (result, case, h.get('summary'))
 
 
 def run(quick=False):
     if quick:
-        plan = [('module', 'json', False, 1000, {'apply': 1, 'no-op': 1, 'change 1': 1}),
-                ('module', 'json', True, 1000, {'apply': 1, 'no-op': 1}),
-                ('module', 'list', False, 1000, {'apply': 1}),
-                ('role', 'data', False, 1000, {'apply': 1, 'no-op': 1, 'change 1': 1}),
-                ('role', 'template', False, 1000, {'no-op': 1})]
+        plan = [('module', 'json', 'changes', 1000, {'apply': 1, 'no-op': 1, 'change 1': 1}),
+                ('module', 'json', 'counts', 1000, {'apply': 1, 'no-op': 1, 'change 1': 1}),
+                ('module', 'json', 'bindings + changes', 1000, {'apply': 1, 'no-op': 1}),
+                ('module', 'list', 'changes', 1000, {'apply': 1}),
+                ('role', 'data', 'changes', 1000, {'apply': 1, 'no-op': 1, 'change 1': 1}),
+                ('role', 'data', 'counts', 1000, {'apply': 1, 'no-op': 1, 'change 1': 1}),
+                ('role', 'template', 'changes', 1000, {'no-op': 1})]
         backend_sizes = [1000]
     else:
-        plan = [('module', 'json', False, 1000, {'apply': 3, 'no-op': 3, 'change 1': 3}),
-                ('module', 'json', True, 1000, {'apply': 3, 'no-op': 3}),
-                ('module', 'list', False, 1000, {'apply': 3, 'no-op': 3}),
-                ('module', 'json', False, 100000, {'apply': 3, 'no-op': 3, 'change 1': 3}),
-                ('module', 'json', True, 100000, {'apply': 2, 'no-op': 2, 'change 1': 2}),
+        # about 12 minutes on 2 cores: the rows that show what the lists cost run fewer times
+        # than the counts-only rows next to them
+        plan = [('module', 'json', 'changes', 1000, {'apply': 3, 'no-op': 3, 'change 1': 3}),
+                ('module', 'json', 'counts', 1000, {'apply': 3, 'no-op': 3, 'change 1': 3}),
+                ('module', 'json', 'bindings + changes', 1000, {'apply': 3, 'no-op': 3}),
+                ('module', 'list', 'changes', 1000, {'apply': 3, 'no-op': 3}),
+                ('module', 'json', 'changes', 100000, {'apply': 2, 'no-op': 2, 'change 1': 2}),
+                ('module', 'json', 'counts', 100000, {'apply': 3, 'no-op': 3, 'change 1': 3}),
+                ('module', 'json', 'bindings + changes', 100000, {'apply': 1, 'no-op': 1, 'change 1': 1}),
                 # the slow forms and sizes (a minute or more per call) once each
-                ('module', 'list', False, 100000, {'apply': 1}),
-                ('module', 'json', False, 1000000, {'apply': 1, 'no-op': 1}),
-                ('role', 'data', False, 1000, {'apply': 3, 'no-op': 3, 'change 1': 3}),
-                ('role', 'data', False, 100000, {'apply': 2, 'no-op': 2, 'change 1': 2}),
+                ('module', 'list', 'changes', 100000, {'apply': 1}),
+                ('module', 'json', 'changes', 1000000, {'apply': 1, 'no-op': 1}),
+                ('module', 'json', 'counts', 1000000, {'apply': 1, 'no-op': 1}),
+                ('role', 'data', 'changes', 1000, {'apply': 2, 'no-op': 2, 'change 1': 2}),
+                ('role', 'data', 'changes', 100000, {'apply': 1, 'no-op': 1, 'change 1': 1}),
+                ('role', 'data', 'counts', 100000, {'apply': 2, 'no-op': 2, 'change 1': 2}),
                 # the role given its set through a template string, as the module's list form
-                ('role', 'template', False, 100000, {'no-op': 1})]
+                ('role', 'template', 'changes', 100000, {'no-op': 1})]
         backend_sizes = [100000, 1000000]
     rows = []
     have_role = os.path.isdir(os.path.join(c.ROOT, 'roles', 'dispatcher', 'tasks'))
@@ -142,10 +187,11 @@ def run(quick=False):
         c.load_program(target)
         role_ready = False
         sets = {}
-        for kind, form, rb, n, counts in plan:
+        for kind, form, result, n, counts in plan:
+            mode = {'result': result, 'return_bindings': RESULTS[result][0], 'return_changes': RESULTS[result][1]}
             if kind == 'role' and not have_role:
-                rows.append({'kind': kind, 'form': form, 'return_bindings': rb, 'n': n, 'case': 'apply',
-                             'skipped': 'roles/dispatcher does not exist yet'})
+                rows.append(dict(mode, kind=kind, form=form, n=n, case='apply',
+                                 skipped='roles/dispatcher does not exist yet'))
                 continue
             key = 'dispatcher_bindings' if (kind, form) == ('role', 'data') else 'wanted'
             if (n, key) not in sets:
@@ -155,14 +201,14 @@ def run(quick=False):
                 del entries, alt
             base, alt = sets[(n, key)]
             tgt = role_target if kind == 'role' else target
-            play = role_play(tgt, form) if kind == 'role' else module_play(tgt, form, rb)
+            play = role_play(tgt, form, result) if kind == 'role' else module_play(tgt, form, result)
             task = 'Apply the bindings (the whole set)' if kind == 'role' else 'bindings'
             if kind == 'role' and not role_ready:
                 # first converge loads the role's own program (compile); not what is measured here
                 empty = write_vars(tmp, 'empty', [], 'dispatcher_bindings')
                 c.playbook(role_play(tgt), args=('-e', '@' + empty))
                 role_ready = True
-            c.log('control plane: %s %s return_bindings=%s %d bindings' % (kind, form, rb, n))
+            c.log('control plane: %s %s result=%s %d bindings' % (kind, form, result, n))
             samples = dict((case, []) for case in counts)
             role_tasks = None
             if not counts.get('apply'):
@@ -172,17 +218,17 @@ def run(quick=False):
                     clear(tgt)
                     wall, secs, size, res = timed(play, base, task)
                     samples['apply'].append((wall, secs, size))
+                    check_result(res, task, result, 'apply', n)
                     assert count(tgt) == n
                 if i < counts.get('no-op', 0):
                     wall, secs, size, res = timed(play, base, task)
                     samples['no-op'].append((wall, secs, size))
-                    changed_flags = [h.get('changed') for t in res.tasks for h in t['hosts'].values()
-                                     if t['task']['name'].endswith(task)]
-                    assert changed_flags == [False], changed_flags
+                    check_result(res, task, result, 'no-op', n)
                 if i < counts.get('change 1', 0):
                     # base -> alt is one relabel; alt -> base (not timed) restores it
                     wall, secs, size, res = timed(play, alt, task)
                     samples['change 1'].append((wall, secs, size))
+                    check_result(res, task, result, 'change 1', n)
                     if i + 1 < counts.get('no-op', 0) and i + 1 >= counts.get('apply', 0):
                         timed(play, base, task)      # restore for the next no-op (an apply would clear)
                 if kind == 'role':
@@ -193,10 +239,10 @@ def run(quick=False):
             for case, vals in samples.items():
                 walls = [v[0] for v in vals]
                 secs = [v[1] for v in vals if v[1] is not None]
-                rows.append({'kind': kind, 'form': form, 'return_bindings': rb, 'n': n, 'case': case,
-                             'runs': len(vals), 'wall_s': c.median(walls), 'wall_min': min(walls),
-                             'wall_max': max(walls), 'task_s': c.median(secs) if secs else None,
-                             'result_bytes': c.median([v[2] for v in vals if v[2] is not None] or [0])})
+                rows.append(dict(mode, kind=kind, form=form, n=n, case=case, runs=len(vals),
+                                 wall_s=c.median(walls), wall_min=min(walls), wall_max=max(walls),
+                                 task_s=c.median(secs) if secs else None,
+                                 result_bytes=c.median([v[2] for v in vals if v[2] is not None] or [0])))
                 if role_tasks and case == list(samples)[-1]:
                     rows[-1]['role_slowest_tasks'] = role_tasks
                 c.log('control plane:   %-8s wall %.2f s (task %.2f s) over %d runs' % (
@@ -219,10 +265,10 @@ def run(quick=False):
                         current = d.bindings()
                     change, _ = c.bnd.plan(current, parsed, 'present', True)
                     assert not change.changed
-            rows.append({'kind': 'backend', 'form': '-', 'return_bindings': False, 'n': n, 'case': 'apply',
+            rows.append({'kind': 'backend', 'form': '-', 'result': '-', 'n': n, 'case': 'apply',
                          'runs': 1, 'wall_s': t_parse['s'] + t_apply['s'], 'task_s': None,
                          'detail': {'parse': t_parse['s'], 'plan + replace': t_apply['s']}})
-            rows.append({'kind': 'backend', 'form': '-', 'return_bindings': False, 'n': n, 'case': 'no-op',
+            rows.append({'kind': 'backend', 'form': '-', 'result': '-', 'n': n, 'case': 'no-op',
                          'runs': 1, 'wall_s': t_noop['s'], 'task_s': None,
                          'detail': {'read the active table (Dispatcher.bindings)': t_read['s']}})
             c.log('control plane: backend %d: apply %.2f s, no-op %.2f s' % (n, rows[-2]['wall_s'], t_noop['s']))
