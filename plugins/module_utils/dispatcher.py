@@ -577,8 +577,8 @@ def open_dispatcher(pin_dir):
         for fd in fds.values():
             fd.close()
         raise FormatMismatch('instance at %s was made by another version of bpfsteer.sk_lookup (pin '
-                              'format %d; this version reads format %d); remove it with state=absent and '
-                              'load it again' % (pin_dir, fmt, FORMAT))
+                             'format %d; this version reads format %d); remove it with state=absent and '
+                             'load it again' % (pin_dir, fmt, FORMAT))
     missing = [n for n in list(PROGRAM_MAPS) + ['destinations', 'meta', 'protected'] if n not in fds]
     if missing:
         for fd in fds.values():

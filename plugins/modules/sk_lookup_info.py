@@ -99,7 +99,7 @@ program:
       description:
         - Entries the bindings table the program reads has room for now.
         - Tables are sized to the set they hold (a power of two with a quarter of headroom, at least 64,
-          at most O(max_bindings)) and rebuilt when the set outgrows them or shrinks to a quarter.
+          at most the template's C(max_bindings)) and rebuilt when the set outgrows them or shrinks to a quarter.
       type: int
     prefix_lengths:
       description:

@@ -197,7 +197,7 @@ def absent(module, pin_dir):
         before, disp = d.program_state(pin_dir, None)
     except d.FormatMismatch as exc:
         # another version's layout: it cannot be read, but it can be removed
-        module.warn(str(exc).split(';')[0] + '; removing it')
+        module.warn(str(exc).split(';', maxsplit=1)[0] + '; removing it')
         before, disp = dict(empty, loaded=True), None
     if disp is not None:
         disp.close()
