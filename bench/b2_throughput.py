@@ -87,7 +87,7 @@ def run(quick=False):
     # many short interleaved runs: on this noisy machine the pairing in time matters
     # more than the length of a run
     seconds = 1
-    rounds = 3 if quick else 15
+    rounds = 3 if quick else 40     # a round ratio varies by +-15 % here; 40 bring the error near 2 %
     threads = 4
     bindings = 1000 if quick else BINDINGS
     out = {'seconds': seconds, 'rounds': rounds, 'threads': threads, 'bindings': bindings, 'modes': MODES,

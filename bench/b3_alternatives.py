@@ -31,6 +31,7 @@ import contextlib
 import json
 import os
 import re
+import struct
 import subprocess
 import time
 
@@ -78,17 +79,28 @@ def settle_usage(cg, seconds=1.0):
     return cg.usage()
 
 
+def _memlock(fd):
+    with open('/proc/self/fdinfo/%d' % fd.fd) as f:
+        m = re.search(r'memlock:\s+(\d+)', f.read())
+    return int(m.group(1)) if m else 0
+
+
 def maps_memlock(pin):
-    """Sum of the kernel's memory accounting of every pinned map (fdinfo memlock)."""
+    """Sum of the kernel's memory accounting (fdinfo memlock) of every pinned map and of the
+    bindings tables and tries, which are inner maps of the pinned 'bindings' and 'tries'."""
     total, per = 0, {}
     for name in os.listdir(pin):
         if name == 'link':
             continue
         with c.bpf.obj_get(os.path.join(pin, name)) as fd:
-            with open('/proc/self/fdinfo/%d' % fd.fd) as f:
-                m = re.search(r'memlock:\s+(\d+)', f.read())
-        per[name] = int(m.group(1)) if m else 0
-        total += per[name]
+            per[name] = _memlock(fd)
+            if name in ('bindings', 'tries'):
+                for slot in (0, 1):
+                    raw = c.bpf.map_lookup(fd, struct.pack('=I', slot), 4)
+                    if raw is not None:
+                        with c.bpf.map_get_fd_by_id(struct.unpack('=I', raw)[0]) as inner:
+                            per['%s[%d]' % (name, slot)] = _memlock(inner)
+    total = sum(per.values())
     return total, per
 
 
