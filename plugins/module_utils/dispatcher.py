@@ -377,7 +377,7 @@ class Dispatcher(object):
 
         Only ever done to the idle table, or to a slot no lookup has reached yet.
         """
-        capacity = table_capacity(len(keys), self.max_bindings)
+        capacity = capacity_for(len(keys), self.max_bindings)
         while True:
             fd = bpf.map_create(bpf.BPF_MAP_TYPE_HASH, 'binding_table', bnd.KEY_SIZE, bnd.VALUE_SIZE,
                                 capacity, bpf.BPF_F_NO_PREALLOC)
@@ -512,7 +512,7 @@ def _sync_entries(fd, have, want, key_size, value_size):
         bpf.map_update_batch(fd, [k for k, _v in write], [v for _k, v in write], key_size, value_size)
 
 
-def table_capacity(count, max_bindings):
+def capacity_for(count, max_bindings):
     """Entries to size a table holding ``count`` bindings for."""
     capacity = TABLE_MIN
     while capacity < count + count // 4:
@@ -530,7 +530,7 @@ def table_fits(count, capacity, max_bindings):
     """
     if count > capacity:
         return False
-    return capacity == max_bindings or capacity <= 4 * table_capacity(count, max_bindings)
+    return capacity == max_bindings or capacity <= 4 * capacity_for(count, max_bindings)
 
 
 def read_meta(fd):
@@ -772,7 +772,7 @@ def install(pin_dir, netns_path, source, plan, disp, check_mode=False):
                 # Empty tables before the program can run: it reads them from its first lookup.
                 bpf.map_update(fds['active_table'], struct.pack('=I', 0), struct.pack('=I', 0))
                 _write_meta(fds, sha, manifest)
-                fresh = Dispatcher(pin_dir, dict((k, v) for k, v in fds.items()))
+                fresh = Dispatcher(pin_dir, dict(fds))
                 for index in (0, 1):
                     fresh._sync_table(index, {}, {}, {})
             netns_fd = os.open(netns_path, os.O_RDONLY)

@@ -249,11 +249,11 @@ def test_program_walk_agrees_with_the_precedence_model():
 
 
 def test_table_sizes_follow_the_set():
-    assert dispatcher.table_capacity(0, 10 ** 6) == dispatcher.TABLE_MIN
-    assert dispatcher.table_capacity(100000, 10 ** 6) == 131072
-    assert dispatcher.table_capacity(110000, 10 ** 6) == 262144       # a quarter of headroom
-    assert dispatcher.table_capacity(900000, 10 ** 6) == 10 ** 6      # never above max_bindings
-    assert dispatcher.table_capacity(10, 16) == 16
+    assert dispatcher.capacity_for(0, 10 ** 6) == dispatcher.TABLE_MIN
+    assert dispatcher.capacity_for(100000, 10 ** 6) == 131072
+    assert dispatcher.capacity_for(110000, 10 ** 6) == 262144       # a quarter of headroom
+    assert dispatcher.capacity_for(900000, 10 ** 6) == 10 ** 6      # never above max_bindings
+    assert dispatcher.capacity_for(10, 16) == 16
     assert not dispatcher.table_fits(65, 64, 10 ** 6)                 # full: grow
     assert dispatcher.table_fits(5000, 8192, 10 ** 6)
     assert dispatcher.table_fits(10, 256, 10 ** 6)                    # 4x the fresh size: keep
